@@ -1,0 +1,23 @@
+"""fa2dist: FlashAttention-2 in Triton for PyTorch Lightning training on clusters of mixed GPUs."""
+
+from fa2dist.compat import KernelsConfigV2, flash_attention_v2, flash_attention_v2_custom, init_to_zero_v2
+from fa2dist.configs import BackwardConfig, BlockConfig, KernelsConfig, register_config
+from fa2dist.determinism import deterministic, is_deterministic, set_deterministic
+from fa2dist.ops.attention import flash_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackwardConfig",
+    "BlockConfig",
+    "KernelsConfig",
+    "KernelsConfigV2",
+    "deterministic",
+    "flash_attention",
+    "flash_attention_v2",
+    "flash_attention_v2_custom",
+    "init_to_zero_v2",
+    "is_deterministic",
+    "register_config",
+    "set_deterministic",
+]

@@ -1,0 +1,287 @@
+"""Launchers (checks, grids, allocation) and the autograd Function behind ``fa2dist.flash_attention``."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, KernelsConfig, select_config
+from fa2dist.determinism import resolve_deterministic
+from fa2dist.ops.kernels.backward import (
+    _attn_bwd_dkdv_kernel,
+    _attn_bwd_dq_kernel,
+    _attn_bwd_preprocess_kernel,
+)
+from fa2dist.ops.kernels.forward import _attn_fwd_kernel
+from fa2dist.ops.reference import attention_reference
+
+# Read once, as Triton does when it decorates the kernels: with it set, the kernels above are interpreted on CPU.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LAYOUTS = ("bshd", "bhsd")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs are multiplied in IEEE fp32 (3 passes on tensor cores) so fp32 means fp32 accuracy, unless the
+    # user opted into TF32 for matmuls; fp16/bf16 use the tensor cores directly with fp32 accumulation.
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout={layout!r}` is not supported; use 'bshd' (batch, seqlen, nheads, headdim) or 'bhsd'.")
+    shape_doc = "(batch, seqlen, nheads, headdim)" if layout == "bshd" else "(batch, nheads, seqlen, headdim)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(
+                f"`{name}` must be 4-D {shape_doc} for layout={layout!r}, got shape {tuple(t.shape)}."
+            )
+        if t.dtype not in _DTYPES:
+            raise TypeError(
+                f"`{name}` has dtype {t.dtype}; fa2dist supports float16, bfloat16 and float32. "
+                f"Convert with `{name}.to(torch.bfloat16)`."
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"q, k and v must share a dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}. Convert them to one dtype."
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got q={q.device}, k={k.device}, v={v.device}.")
+    if k.shape != v.shape:
+        raise ValueError(f"`k` and `v` must have the same shape, got k={tuple(k.shape)} and v={tuple(v.shape)}.")
+    hq, hk = (q.shape[2], k.shape[2]) if layout == "bshd" else (q.shape[1], k.shape[1])
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k must have the same batch size, got {q.shape[0]} and {k.shape[0]}.")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}.")
+    head_dim = q.shape[-1]
+    if head_dim > MAX_HEADDIM or (head_dim < MIN_HEADDIM and head_dim != 0):
+        raise ValueError(
+            f"head dim {head_dim} is not supported: fa2dist's kernels take head dims {MIN_HEADDIM}-{MAX_HEADDIM}; "
+            "pad the head dim or split it."
+        )
+    if hk == 0 or hq % hk != 0:
+        raise ValueError(
+            f"nheads of q ({hq}) must be a multiple of nheads of k/v ({hk}) for grouped-query attention."
+        )
+
+
+def _bhsd_strides(t: torch.Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch, head, seq) strides in elements of a 4-D tensor in ``layout``."""
+    if layout == "bshd":
+        return t.stride(0), t.stride(2), t.stride(1)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _dims(q: torch.Tensor, k: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, int]:
+    if layout == "bshd":
+        return q.shape[0], q.shape[2], k.shape[2], q.shape[1], k.shape[1], q.shape[3]
+    return q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # The kernels need unit stride in the head dim; any other stride costs one copy.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+
+def attn_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    softmax_scale: float,
+    layout: str,
+    config: KernelsConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward kernel. Returns (out like q, lse (batch, nheads, seqlen_q) fp32)."""
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _dims(q, k, layout)
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, nheads, seqlen_q), device=q.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    if seqlen_k == 0:
+        out.zero_()
+        lse.fill_(float("inf"))
+        return out, lse
+    cfg = config.forward_for(head_dim)
+    block_d = max(triton.next_power_of_2(head_dim), 16)
+    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)
+    upcast = INTERPRET and q.dtype == torch.bfloat16
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, softmax_scale,
+        *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout), *_bhsd_strides(out, layout),
+        nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        IS_CAUSAL=causal, UPCAST=upcast, PRECISION=_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse
+
+
+def attn_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    softmax_scale: float,
+    layout: str,
+    config: KernelsConfig,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the backward kernels in the given mode. Returns (dq, dk, dv) with the inputs' shapes and strides."""
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _dims(q, k, layout)
+    do = _last_dim_contiguous(do)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return torch.zeros_like(q), dk.zero_(), dv.zero_()
+    group = nheads // nheads_kv
+    block_d = max(triton.next_power_of_2(head_dim), 16)
+    upcast = INTERPRET and q.dtype == torch.bfloat16
+    precision = _precision(q.dtype)
+    bcfg = config.backward_for(head_dim, deterministic)
+
+    delta = torch.empty_like(lse)
+    pre_block = 64
+    _attn_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, pre_block), batch * nheads)](
+        out, do, delta, *_bhsd_strides(out, layout), *_bhsd_strides(do, layout), nheads, seqlen_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
+    )
+    if deterministic:
+        dq = torch.empty_like(q)
+        dq_acc = dq  # unused by the dK/dV kernel when ATOMIC_DQ is False
+        dq_strides = _bhsd_strides(dq, layout)
+    else:
+        dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
+        dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
+
+    c = bcfg.dkdv
+    _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, c.block_n), batch * nheads_kv)](
+        q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
+        *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
+        *_bhsd_strides(do, layout), *_bhsd_strides(dk, layout), *_bhsd_strides(dv, layout), *dq_strides,
+        nheads_kv, group, seqlen_q, seqlen_k,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+        IS_CAUSAL=causal, ATOMIC_DQ=not deterministic, UPCAST=upcast, PRECISION=precision,
+        num_warps=c.num_warps, num_stages=c.num_stages,
+    )
+    if deterministic:
+        c = bcfg.dq
+        _attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, c.block_m), batch * nheads)](
+            q, k, v, do, dq, lse, delta, softmax_scale,
+            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
+            *_bhsd_strides(do, layout), *dq_strides,
+            nheads, group, seqlen_q, seqlen_k,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+            IS_CAUSAL=causal, UPCAST=upcast, PRECISION=precision,
+            num_warps=c.num_warps, num_stages=c.num_stages,
+        )
+    else:
+        dq_acc = dq_acc if layout == "bhsd" else dq_acc.transpose(1, 2)
+        dq = torch.empty_like(q)
+        dq.copy_(dq_acc)
+    return dq, dk, dv
+
+
+class FlashAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, softmax_scale, layout, config, deterministic):
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        out, lse = attn_fwd(q, k, v, causal, softmax_scale, layout, config)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.softmax_scale, ctx.layout = causal, softmax_scale, layout
+        ctx.config, ctx.deterministic = config, deterministic
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = attn_bwd(
+            do, q, k, v, out, lse, ctx.causal, ctx.softmax_scale, ctx.layout, ctx.config, ctx.deterministic
+        )
+        return dq, dk, dv, None, None, None, None, None
+
+
+def uses_kernels(device: torch.device) -> bool:
+    """True where the Triton kernels run (CUDA, or CPU under TRITON_INTERPRET=1); else the PyTorch path."""
+    return device.type == "cuda" or (device.type == "cpu" and INTERPRET)
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    deterministic: bool | None = None,
+    layout: str = "bshd",
+    return_lse: bool = False,
+    config: KernelsConfig | dict | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention-2: ``softmax(softmax_scale * q @ k^T [+ causal mask]) @ v`` without materialising the scores.
+
+    Args:
+        q: (batch, seqlen_q, nheads, headdim) for ``layout="bshd"`` (flash-attn's layout, the default), or
+            (batch, nheads, seqlen_q, headdim) for ``layout="bhsd"`` (PyTorch SDPA's). Any strides with a unit
+            stride in the head dim work without a copy.
+        k, v: (batch, seqlen_k, nheads_kv, headdim) (or bhsd); nheads a multiple of nheads_kv (GQA/MQA; K/V are never
+            repeated in memory).
+        causal: causal mask aligned to the bottom-right corner (flash-attn >= 2.1): query i sees key j iff
+            ``j <= i + seqlen_k - seqlen_q``; rows that see no key return 0.
+        softmax_scale: defaults to 1/sqrt(headdim).
+        deterministic: backward mode. True: bitwise reproducible, no atomics. False: sequence-parallel, atomic dQ
+            accumulation, faster. None (default): the global switch decides (see ``fa2dist.set_deterministic``).
+        layout: "bshd" or "bhsd", as above.
+        return_lse: also return the log-sum-exp of each row, (batch, nheads, seqlen_q) float32 (natural log; +inf for
+            rows that see no key).
+        config: a ``KernelsConfig`` (or ``{(major, minor): config}`` dict) that replaces the device's own for this call.
+
+    Dtypes: float16 and bfloat16 run natively with fp32 accumulation; float32 is multiplied in IEEE fp32 unless
+    ``torch.backends.cuda.matmul.allow_tf32`` is True, then in TF32. The output has the inputs' dtype.
+    On the CPU the same Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1``; otherwise a PyTorch
+    implementation with identical semantics (fp32 arithmetic) runs, so models using fa2dist train anywhere.
+    """
+    _check_inputs(q, k, v, layout)
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal={causal!r}` must be True or False.")
+    head_dim = q.shape[-1]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
+    elif not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
+        raise TypeError(f"`softmax_scale={softmax_scale!r}` must be a finite float or None (1/sqrt(headdim)).")
+    mode, _ = resolve_deterministic(deterministic)
+
+    if uses_kernels(q.device):
+        if q.device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(q.device)
+            if (major, minor) < (7, 5):
+                raise ValueError(
+                    f"{torch.cuda.get_device_name(q.device)} has compute capability {major}.{minor}; fa2dist's kernels "
+                    "need Turing (7.5) or newer. Move the tensors to the CPU to use the PyTorch path."
+                )
+        cfg = select_config(q.device, config)
+        if head_dim > cfg.max_headdim:
+            raise ValueError(
+                f"head dim {head_dim} exceeds the {cfg.family} config's max_headdim={cfg.max_headdim}."
+            )
+        out, lse = FlashAttnFunction.apply(q, k, v, causal, float(softmax_scale), layout, cfg, mode)
+    else:
+        qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
+        out, lse = attention_reference(qh, kh, vh, causal=causal, softmax_scale=float(softmax_scale))
+        if layout == "bshd":
+            out = out.transpose(1, 2)
+    return (out, lse) if return_lse else out
