@@ -3,6 +3,7 @@
 from fa2dist.compat import KernelsConfigV2, flash_attention_v2, flash_attention_v2_custom, init_to_zero_v2
 from fa2dist.configs import BackwardConfig, BlockConfig, KernelsConfig, register_config
 from fa2dist.determinism import deterministic, is_deterministic, set_deterministic
+from fa2dist.module import FlashAttention, MultiheadFlashAttention, RotaryEmbedding
 from fa2dist.ops.attention import flash_attention
 
 __version__ = "0.1.0"
@@ -10,8 +11,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BackwardConfig",
     "BlockConfig",
+    "FlashAttention",
     "KernelsConfig",
     "KernelsConfigV2",
+    "MultiheadFlashAttention",
+    "RotaryEmbedding",
     "deterministic",
     "flash_attention",
     "flash_attention_v2",
