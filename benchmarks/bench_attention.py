@@ -1,0 +1,219 @@
+"""Attention benchmark: fa2dist (both backward modes) against PyTorch SDPA backends and FlexAttention.
+
+    python benchmarks/bench_attention.py --out benchmarks/results            # full suite (H100: ~6 min)
+    python benchmarks/bench_attention.py --head-dims 128 --seqlens 4096 --quick
+
+Shapes follow the FA2 paper's convention: batch x seqlen = 16k tokens, hidden 2048 (nheads = 2048 / headdim).
+FLOPs: 4 * batch * nheads * seqlen^2 * headdim for the forward, halved when causal; the backward counts 2.5x the
+forward. Times are medians of CUDA-event timings (triton.testing.do_bench) after warm-up. Writes results.json, a
+markdown table (also into BENCHMARKS.md with --update-md) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import fa2dist  # noqa: E402
+
+TOKENS = 16384
+HIDDEN = 2048
+
+
+def flops(batch, nheads, seqlen, head_dim, causal, mode):
+    f = 4 * batch * nheads * seqlen * seqlen * head_dim / (2 if causal else 1)
+    return {"fwd": f, "bwd": 2.5 * f, "fwdbwd": 3.5 * f}[mode]
+
+
+def make_provider(name, causal):
+    """A function (q, k, v) -> out in (batch, nheads, seqlen, headdim) for each provider, or None if unavailable."""
+    if name in ("fa2dist-det", "fa2dist-sp"):
+        det = name == "fa2dist-det"
+        return lambda q, k, v: fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd", deterministic=det)
+    backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+                "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
+    if name in backends:
+        backend = backends[name]
+
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        return run
+    if name == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        compiled = torch.compile(flex_attention, dynamic=False)
+        cache = {}
+
+        def run(q, k, v):
+            key = (q.shape[0], q.shape[1], q.shape[2])
+            if causal and key not in cache:
+                cache[key] = create_block_mask(
+                    lambda b, h, qi, ki: qi >= ki, None, None, q.shape[2], k.shape[2], device=q.device
+                )
+            return compiled(q, k, v, block_mask=cache.get(key) if causal else None)
+
+        return run
+    raise ValueError(f"unknown provider {name!r}")
+
+
+def bench_one(provider, q, k, v, mode, warmup, rep):
+    fn = provider
+    if mode == "fwd":
+        def step():
+            return fn(q, k, v)
+    else:
+        out = fn(q, k, v)
+        do = torch.randn_like(out)
+        if mode == "bwd":
+            def step():
+                return torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        else:
+            def step():
+                o = fn(q, k, v)
+                return torch.autograd.grad(o, (q, k, v), do)
+    return triton.testing.do_bench(step, warmup=warmup, rep=rep, return_mode="median")
+
+
+def peak_memory(provider, q, k, v):
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = provider(q, k, v)
+    torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def environment():
+    props = torch.cuda.get_device_properties(0)
+    try:
+        import subprocess
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        driver = "unknown"
+    return {"gpu": props.name, "capability": f"{props.major}.{props.minor}", "driver": driver,
+            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--providers", default="fa2dist-det,fa2dist-sp,sdpa-flash,sdpa-cudnn,sdpa-efficient,flex")
+    p.add_argument("--dtypes", default="bf16,fp16")
+    p.add_argument("--head-dims", default="64,128,256")
+    p.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    p.add_argument("--causal", default="both", choices=["both", "true", "false"])
+    p.add_argument("--modes", default="fwd,bwd,fwdbwd")
+    p.add_argument("--warmup", type=int, default=25, help="warm-up time in ms")
+    p.add_argument("--rep", type=int, default=100, help="timed repetitions in ms")
+    p.add_argument("--quick", action="store_true", help="fwd and fwdbwd only, short timings")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--update-md", action="store_true", help="write the table into BENCHMARKS.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.modes, args.warmup, args.rep = "fwd,fwdbwd", 10, 40
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
+    env = environment()
+    rows = []
+    for dname in args.dtypes.split(","):
+        for d in map(int, args.head_dims.split(",")):
+            for n in map(int, args.seqlens.split(",")):
+                for causal in causals:
+                    batch, nheads = max(TOKENS // n, 1), HIDDEN // d
+                    g = torch.Generator(device="cuda").manual_seed(0)
+                    q, k, v = (torch.randn(batch, nheads, n, d, device="cuda", dtype=dtypes[dname], generator=g)
+                               .requires_grad_() for _ in range(3))
+                    for pname in args.providers.split(","):
+                        row = {"provider": pname, "dtype": dname, "head_dim": d, "seqlen": n, "batch": batch,
+                               "nheads": nheads, "causal": causal}
+                        try:
+                            prov = make_provider(pname, causal)
+                            for mode in args.modes.split(","):
+                                ms = bench_one(prov, q, k, v, mode, args.warmup, args.rep)
+                                row[f"{mode}_ms"] = ms
+                                row[f"{mode}_tflops"] = flops(batch, nheads, n, d, causal, mode) / ms * 1e-9
+                            row["peak_mem_mb"] = peak_memory(prov, q, k, v) / 2**20
+                        except Exception as e:  # a backend that refuses a shape is reported, not fatal
+                            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                    del q, k, v
+                    torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"environment": env, "rows": rows}, f, indent=1)
+    md = markdown(env, rows, args.modes.split(","))
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md)
+    plot(rows, args.out)
+    print(md)
+
+
+def markdown(env, rows, modes):
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    lines = [f"Card: {env['gpu']} (CC {env['capability']}), driver {env['driver']}, torch {env['torch']}, "
+             f"triton {env['triton']}, {env['date']}. TFLOP/s, " + " / ".join(modes) + "; peak MB is fwd+bwd.", ""]
+    head = "| dtype | d | N | causal | " + " | ".join(providers) + " |"
+    lines += [head, "|" + "---|" * (4 + len(providers))]
+    keyed = {}
+    for r in rows:
+        keyed.setdefault((r["dtype"], r["head_dim"], r["seqlen"], r["causal"]), {})[r["provider"]] = r
+    for (dt, d, n, c), by in keyed.items():
+        cells = []
+        for pname in providers:
+            r = by.get(pname, {})
+            if "error" in r or not r:
+                cells.append("—")
+            else:
+                cells.append(" / ".join(f"{r.get(f'{m}_tflops', 0):.0f}" for m in modes)
+                             + f" ({r.get('peak_mem_mb', 0):.0f} MB)")
+        lines.append(f"| {dt} | {d} | {n} | {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for mode in ("fwd", "fwdbwd"):
+        combos = sorted({(r["dtype"], r["head_dim"], r["causal"]) for r in rows if r["dtype"] == "bf16"})
+        if not combos:
+            continue
+        fig, axes = plt.subplots(1, len(combos), figsize=(4 * len(combos), 3.5), squeeze=False)
+        for ax, (dt, d, c) in zip(axes[0], combos):
+            for pname in dict.fromkeys(r["provider"] for r in rows):
+                pts = [(r["seqlen"], r.get(f"{mode}_tflops")) for r in rows if r["provider"] == pname and
+                       r["dtype"] == dt and r["head_dim"] == d and r["causal"] == c and f"{mode}_tflops" in r]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=pname)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{dt} d{d} {'causal' if c else 'full'} {mode}")
+            ax.set_xlabel("seqlen")
+            ax.set_ylabel("TFLOP/s")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"{mode}.png"), dpi=90)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One GPU session: correctness tests, then a tile sweep or the benchmark suite. Results under $OUT (or ./out).
+# Usage: bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [quickbench]
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+for step in "$@"; do
+    case $step in
+        tests) timeout "${TEST_TIMEOUT:-300}" python -m pytest tests/test_gpu_kernels.py -m gpu -q --maxfail=20 \
+            ${PYTEST_ARGS:-} 2>&1 | tail -n 60 | tee "$OUT/gpu_tests.log" ;;
+        sweep) timeout "${SWEEP_TIMEOUT:-300}" python benchmarks/sweep_configs.py --head-dims "${SWEEP_DIMS:-64,128,256}" \
+            --seqlens "${SWEEP_SEQLENS:-4096}" --out "$OUT/sweep.json" 2>&1 | grep -v Warning | tee "$OUT/sweep.log" ;;
+        bench) timeout "${BENCH_TIMEOUT:-400}" python benchmarks/bench_attention.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
+            | tail -n 80 | tee "$OUT/bench.log" ;;
+        *) echo "unknown step $step" ;;
+    esac
+done

@@ -1,0 +1,117 @@
+"""The Triton kernels on a CUDA GPU (marker ``gpu``): correctness matrix, bf16, head dim 256, long sequences,
+bitwise determinism, every family's config through the override, and the seed package's usage examples."""
+
+import zlib
+
+import pytest
+import torch
+
+import fa2dist
+from fa2dist.configs import FAMILIES
+from tests.helpers import check_against_reference, make_qkv, max_err, reference_with_grads, to_bhsd
+
+pytestmark = pytest.mark.gpu
+
+
+def _run(shape, causal, dtype, layout, deterministic, config=None):
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    seed = zlib.crc32(repr((shape, causal, dtype, layout, deterministic)).encode())
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, dtype, "cuda", layout, seed)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = fa2dist.flash_attention(q, k, v, causal=causal, layout=layout, deterministic=deterministic, config=config)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    out64, _, grads64 = reference_with_grads(q, k, v, do, causal, layout, torch.float64)
+    outlp, _, gradslp = reference_with_grads(q, k, v, do, causal, layout, None)
+    atol = 1e-6 if dtype == torch.float32 else 0
+    check_against_reference("out", to_bhsd(out, layout), out64, outlp, 2, atol)
+    for name, g, g64, glp in zip(("dq", "dk", "dv"), grads, grads64, gradslp):
+        check_against_reference(name, to_bhsd(g, layout), g64, glp, 3, atol)
+
+
+SHAPES = [
+    (2, 4, 4, 1, 1, 16),
+    (2, 4, 1, 17, 17, 40),
+    (1, 8, 2, 97, 1025, 64),
+    (1, 8, 8, 1025, 97, 80),
+    (2, 4, 4, 200, 200, 96),
+    (1, 4, 1, 513, 513, 128),
+    (1, 4, 2, 300, 700, 256),
+    (1, 8, 2, 2048, 2048, 128),
+]
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "seqpar"])
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_matches_reference(shape, causal, dtype, layout, deterministic):
+    _run(shape, causal, dtype, layout, deterministic)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_long_sequence(head_dim, causal):
+    _run((1, 2, 1, 8192, 8192, head_dim), causal, torch.bfloat16, "bshd", False)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_deterministic_bitwise_over_five_runs(causal):
+    q, k, v = make_qkv(2, 16, 16, 4096, 4096, 128, torch.bfloat16, "cuda", "bshd", seed=1)
+    do = torch.randn_like(q)
+    first = None
+    for _ in range(5):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fa2dist.flash_attention(*leaves, causal=causal, deterministic=True)
+        grads = torch.autograd.grad(out, leaves, do)
+        if first is None:
+            first = (out, *grads)
+        else:
+            for a, b in zip(first, (out, *grads)):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_config_through_override(family, monkeypatch):
+    config, needs = FAMILIES[family]
+    if torch.cuda.get_device_capability() < needs:
+        pytest.skip(f"{family} tiles need compute capability {needs}")
+    for shape in [(1, 4, 2, 333, 333, 64), (1, 4, 4, 257, 129, 128), (1, 2, 2, 130, 130, 256)]:
+        for causal in (False, True):
+            for det in (True, False):
+                _run(shape, causal, torch.bfloat16, "bshd", det, config=config)
+
+
+def test_seed_usage_examples_run_unchanged():
+    import triton
+
+    from fa2dist import KernelsConfigV2, flash_attention_v2, flash_attention_v2_custom, init_to_zero_v2
+
+    q = torch.randn(16, 8, 512, 64, device="cuda")
+    k = torch.randn(16, 8, 512, 64, device="cuda")
+    v = torch.randn(16, 8, 512, 64, device="cuda")
+    output = flash_attention_v2(q, k, v, softmax_scale=None, deterministic=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert output.shape == q.shape and output.dtype == q.dtype
+    assert max_err(output, ref) < 1e-4
+
+    configs = [
+        triton.Config(
+            {"BLOCK_Q_ROWS_SIZE": 64, "BLOCK_KV_COLS_SIZE": 64, "SEQUENCE_PARALLEL": sp},
+            num_warps=4,
+            num_stages=1,
+            pre_hook=init_to_zero_v2("DQ"),
+        )
+        for sp in (False, True)
+    ]
+    turing = KernelsConfigV2(
+        block_rows_size=128, block_cols_size=128, min_block_headdim=16, max_headdim=128,
+        seqlen_cache_divisor=32, min_warps=4, max_warps=8, num_stages=1, backward_autotune_configs=configs,
+    )
+    output = flash_attention_v2_custom(q, k, v, softmax_scale=None, kernels_configs={(7, 5): turing})
+    assert max_err(output, ref) < 1e-4
+    # The same config forced on this GPU runs too.
+    cap = torch.cuda.get_device_capability()
+    output = flash_attention_v2_custom(q, k, v, softmax_scale=None, kernels_configs={cap: turing})
+    assert max_err(output, ref) < 1e-4
