@@ -45,7 +45,7 @@ def test_forward_backward_matches_reference(shape, causal, dtype, layout):
 
     out64, lse64, grads64 = reference_with_grads(q, k, v, do, causal, layout, torch.float64)
     outlp, _, gradslp = reference_with_grads(q, k, v, do, causal, layout, None)
-    atol = 1e-6 if dtype == torch.float32 else 1e-4
+    atol = 1e-6 if dtype == torch.float32 else 1e-5
     check_against_reference("out", to_bhsd(out, layout), out64, outlp, 2, atol)
     assert torch.equal(torch.isinf(lse), torch.isinf(lse64)), "rows that see no key must have lse = +inf"
     finite = torch.isfinite(lse64)

@@ -20,8 +20,8 @@ import triton.language as tl
 
 # exp2 is one MUFU instruction; exp is exp2 plus a multiply. Folding 1/ln(2) into the softmax scale lets the
 # inner loop use exp2 directly.
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
