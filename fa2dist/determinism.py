@@ -20,17 +20,18 @@ _context: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fa2dist_
 _global: bool | None = None
 
 
-def _check_flag(flag: object, name: str, allow_none: bool) -> None:
+def _check_flag(flag: object, call: str, allow_none: bool) -> None:
+    """Raise a TypeError naming ``call`` (a template such as ``"fa2dist.deterministic({})"``) unless flag is a bool."""
     if not (isinstance(flag, bool) or (allow_none and flag is None)):
         expected = "True, False or None" if allow_none else "True or False"
-        raise TypeError(f"`{name}({flag!r})`: expected {expected}, got {type(flag).__name__}.")
+        raise TypeError(f"`{call.format(repr(flag))}`: expected {expected}, got {type(flag).__name__}.")
 
 
 def set_deterministic(flag: bool | None) -> None:
     """Set the process-wide mode: True (bitwise reproducible backward), False (sequence-parallel) or None (unset,
     defer to the environment and ``torch.use_deterministic_algorithms``)."""
     global _global
-    _check_flag(flag, "fa2dist.set_deterministic", allow_none=True)
+    _check_flag(flag, "fa2dist.set_deterministic({})", allow_none=True)
     _global = flag
 
 
@@ -42,7 +43,7 @@ def deterministic(flag: bool = True) -> Iterator[None]:
             loss = model(x).sum()
             loss.backward()
     """
-    _check_flag(flag, "fa2dist.deterministic", allow_none=False)
+    _check_flag(flag, "fa2dist.deterministic({})", allow_none=False)
     token = _context.set(flag)
     try:
         yield
@@ -65,7 +66,7 @@ def _env_flag() -> bool | None:
 def resolve_deterministic(flag: bool | None = None) -> tuple[bool, str]:
     """The mode a call with ``deterministic=flag`` runs in, and where that decision came from."""
     if flag is not None:
-        _check_flag(flag, "deterministic=", allow_none=False)
+        _check_flag(flag, "deterministic={}", allow_none=False)
         return flag, "argument"
     context = _context.get()
     if context is not None:
@@ -76,6 +77,8 @@ def resolve_deterministic(flag: bool | None = None) -> tuple[bool, str]:
     if env is not None:
         return env, f"environment {ENV_VAR}"
     if torch.are_deterministic_algorithms_enabled():
+        if torch.is_deterministic_algorithms_warn_only_enabled():
+            return True, "torch.use_deterministic_algorithms(True, warn_only=True)"
         return True, "torch.use_deterministic_algorithms(True)"
     return False, "default"
 
