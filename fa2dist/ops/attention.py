@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
-from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, KernelsConfig, select_config
+from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
 from fa2dist.ops.kernels.backward import (
     _attn_bwd_dkdv_kernel,
@@ -93,6 +95,38 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 
+# (kernel, device, dtype, head dim, flags, requested tiles) -> tiles that compiled within the device's shared memory.
+_fitted: dict[tuple, BlockConfig] = {}
+
+
+def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs: dict) -> None:
+    """Launch ``kernel`` with ``cfg``'s tiles; if they need more shared memory than the GPU has (fp32 inputs, a
+    custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the choice is
+    the same in every run) and remember the tiles that fit."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), *key, cfg)
+    tiles = _fitted.get(key, cfg)
+    while True:
+        try:
+            kernel[grid(tiles)](
+                *args, **constexprs, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            )
+            break
+        except OutOfResources as err:
+            smaller = tiles.shrink()
+            if smaller is None:
+                raise ValueError(
+                    f"no tile size of {key[0]} fits this GPU's shared memory for {key[1:-1]}: {err}"
+                ) from err
+            tiles = smaller
+    if tiles != cfg and key not in _fitted:
+        warnings.warn(
+            f"fa2dist: {key[0]} tiles {cfg} need more shared memory than this GPU has for {key[2:-1]}; using {tiles}.",
+            stacklevel=3,
+        )
+    _fitted[key] = tiles
+
+
 def attn_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -112,17 +146,17 @@ def attn_fwd(
         out.zero_()
         lse.fill_(float("inf"))
         return out, lse
-    cfg = config.forward_for(head_dim)
     block_d = max(triton.next_power_of_2(head_dim), 16)
-    grid = (triton.cdiv(seqlen_q, cfg.block_m), batch * nheads)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    _attn_fwd_kernel[grid](
-        q, k, v, out, lse, softmax_scale,
-        *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout), *_bhsd_strides(out, layout),
-        nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        IS_CAUSAL=causal, UPCAST=upcast, PRECISION=_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    _launch(
+        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), config.forward_for(head_dim),
+        lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
+        (
+            q, k, v, out, lse, softmax_scale,
+            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
+            *_bhsd_strides(out, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+        ),
+        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=_precision(q.dtype)),
     )
     return out, lse
 
@@ -167,26 +201,27 @@ def attn_bwd(
         dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
         dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
-    c = bcfg.dkdv
-    _attn_bwd_dkdv_kernel[(triton.cdiv(seqlen_k, c.block_n), batch * nheads_kv)](
-        q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
-        *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
-        *_bhsd_strides(do, layout), *_bhsd_strides(dk, layout), *_bhsd_strides(dv, layout), *dq_strides,
-        nheads_kv, group, seqlen_q, seqlen_k,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
-        IS_CAUSAL=causal, ATOMIC_DQ=not deterministic, UPCAST=upcast, PRECISION=precision,
-        num_warps=c.num_warps, num_stages=c.num_stages,
+    key = (q.device, q.dtype, head_dim, causal, deterministic)
+    _launch(
+        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+        (
+            q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
+            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
+            *_bhsd_strides(do, layout), *_bhsd_strides(dk, layout), *_bhsd_strides(dv, layout), *dq_strides,
+            nheads_kv, group, seqlen_q, seqlen_k,
+        ),
+        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, ATOMIC_DQ=not deterministic, UPCAST=upcast,
+             PRECISION=precision),
     )
     if deterministic:
-        c = bcfg.dq
-        _attn_bwd_dq_kernel[(triton.cdiv(seqlen_q, c.block_m), batch * nheads)](
-            q, k, v, do, dq, lse, delta, softmax_scale,
-            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
-            *_bhsd_strides(do, layout), *dq_strides,
-            nheads, group, seqlen_q, seqlen_k,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
-            IS_CAUSAL=causal, UPCAST=upcast, PRECISION=precision,
-            num_warps=c.num_warps, num_stages=c.num_stages,
+        _launch(
+            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
+            (
+                q, k, v, do, dq, lse, delta, softmax_scale,
+                *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
+                *_bhsd_strides(do, layout), *dq_strides, nheads, group, seqlen_q, seqlen_k,
+            ),
+            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=precision),
         )
     else:
         dq_acc = dq_acc if layout == "bhsd" else dq_acc.transpose(1, 2)
