@@ -12,9 +12,12 @@ for step in "$@"; do
         tests) timeout "${TEST_TIMEOUT:-300}" python -m pytest tests/test_gpu_kernels.py -m gpu -q --maxfail=20 \
             ${PYTEST_ARGS:-} 2>&1 | tail -n 60 | tee "$OUT/gpu_tests.log" ;;
         sweep) timeout "${SWEEP_TIMEOUT:-300}" python benchmarks/sweep_configs.py --head-dims "${SWEEP_DIMS:-64,128,256}" \
-            --seqlens "${SWEEP_SEQLENS:-4096}" --out "$OUT/sweep.json" 2>&1 | grep -v Warning | tee "$OUT/sweep.log" ;;
+            --seqlens "${SWEEP_SEQLENS:-4096}" ${SWEEP_ARGS:-} --out "$OUT/sweep.json" 2>&1 | grep -v Warning | tee "$OUT/sweep.log" ;;
         bench) timeout "${BENCH_TIMEOUT:-400}" python benchmarks/bench_attention.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
             | tail -n 80 | tee "$OUT/bench.log" ;;
+        pytest:*) timeout "${EXTRA_TIMEOUT:-240}" python -m pytest "${step#pytest:}" -m gpu -q -rf -s 2>&1 | tail -n 80 \
+            | tee "$OUT/$(basename "${step#pytest:}" .py).log" ;;
+        cmd:*) timeout "${EXTRA_TIMEOUT:-240}" bash -c "${step#cmd:}" 2>&1 | tail -n 60 | tee -a "$OUT/cmd.log" ;;
         *) echo "unknown step $step" ;;
     esac
 done

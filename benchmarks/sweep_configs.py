@@ -81,8 +81,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--head-dims", default="64,128,256")
     p.add_argument("--seqlens", default="4096,16384")
+    p.add_argument("--fwd", default=None, help="forward candidates 'm,n,warps,stages;...' (default: built-in list)")
+    p.add_argument("--dkdv", default=None, help="dK/dV candidates 'm,n,warps,stages;...' (default: built-in list)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    global FWD_CANDIDATES, DKDV_CANDIDATES
+    if args.fwd:
+        FWD_CANDIDATES = [tuple(map(int, c.split(","))) for c in args.fwd.split(";")]
+    if args.dkdv:
+        DKDV_CANDIDATES = [tuple(map(int, c.split(","))) for c in args.dkdv.split(";")]
     results = []
     for d in map(int, args.head_dims.split(",")):
         for n in map(int, args.seqlens.split(",")):
