@@ -67,10 +67,10 @@ def _attn_bwd_dkdv_inner(
         pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
         if MASKED:
             pT = tl.where(offs_n[:, None] <= rows[None, :] + diag, pT, 0.0)
-        dv += _dot(pT.to(do.dtype), do, UPCAST, PRECISION)
+        dv = _dot(pT.to(do.dtype), do, UPCAST, PRECISION, dv)
         dpT = _dot(v, tl.trans(do), UPCAST, PRECISION)
         dsT = pT * (dpT - delta[None, :])
-        dk += _dot(dsT.to(q.dtype), q, UPCAST, PRECISION)
+        dk = _dot(dsT.to(q.dtype), q, UPCAST, PRECISION, dk)
         if ATOMIC_DQ:
             dq = _dot(tl.trans(dsT.to(k.dtype)), k, UPCAST, PRECISION) * sm_scale
             tl.atomic_add(dq_ptrs, dq, mask=qd_mask, sem="relaxed")
@@ -183,7 +183,7 @@ def _attn_bwd_dq_inner(
             p = tl.where(cols[None, :] <= offs_m[:, None] + diag, p, 0.0)
         dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, UPCAST, PRECISION)
+        dq = _dot(ds.to(k.dtype), k, UPCAST, PRECISION, dq)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
     return dq

@@ -25,12 +25,13 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
+    """a @ b (+ acc, accumulated inside the MMA) in fp32."""
     # Triton's interpreter computes bf16 tl.dot wrongly; the launcher sets UPCAST only there.
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -73,8 +74,7 @@ def _attn_fwd_inner(
         p = tl.math.exp2(qk - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc += _dot(p.to(v.dtype), v, UPCAST, PRECISION)
+        acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
         m_i = m_ij
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
