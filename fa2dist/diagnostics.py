@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import triton
 
+import fa2dist
 from fa2dist.configs import (
     ENV_ARCH,
     MAX_HEADDIM,
@@ -80,7 +81,7 @@ def collect_info(head_dims: Sequence[int] = INFO_HEAD_DIMS) -> dict:
     """Software versions, each visible GPU with its config, the CPU path and the deterministic switch, as a dict."""
     mode, source = resolve_deterministic(None)
     info: dict = {
-        "fa2dist": _version("fa2dist"),
+        "fa2dist": fa2dist.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -71,12 +71,17 @@ class TinyLM(pl.LightningModule):
         self.head = nn.Linear(dim, vocab)
         self.grads: dict[int, dict[str, torch.Tensor]] = {}
         self.losses: dict[int, torch.Tensor] = {}
+        self.used_kernels: bool | None = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+    def on_train_start(self) -> None:
+        # Read while training: when fit ends, Lightning moves the model back to the CPU.
+        self.used_kernels = uses_kernels(self.device)
 
     def training_step(self, batch, batch_idx):
         tokens, targets = batch
@@ -162,7 +167,7 @@ def main() -> None:
         "world_size": trainer.world_size,
         "deterministic": mode,
         "deterministic_source": source,
-        "uses_kernels": uses_kernels(model.device),
+        "uses_kernels": model.used_kernels,
         "backward_modes": sorted(set(BACKWARD_MODES)),
         "interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }
