@@ -1,0 +1,1 @@
+"""Masked-language-model (encoder) recipe: ``python recipes/encoder/train.py fit --config recipes/encoder/configs/tiny.yaml``."""
