@@ -9,8 +9,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 for step in "$@"; do
     case $step in
-        tests) timeout "${TEST_TIMEOUT:-300}" python -m pytest tests/test_gpu_kernels.py -m gpu -q --maxfail=20 \
-            ${PYTEST_ARGS:-} 2>&1 | tail -n 60 | tee "$OUT/gpu_tests.log" ;;
+        tests) timeout "${TEST_TIMEOUT:-300}" python -m pytest tests/test_gpu_kernels.py -m gpu -v --maxfail=20 \
+            ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "FAILED|passed|failed" ;;
         sweep) timeout "${SWEEP_TIMEOUT:-300}" python benchmarks/sweep_configs.py --head-dims "${SWEEP_DIMS:-64,128,256}" \
             --seqlens "${SWEEP_SEQLENS:-4096}" ${SWEEP_ARGS:-} --out "$OUT/sweep.json" 2>&1 | grep -v Warning | tee "$OUT/sweep.log" ;;
         bench) timeout "${BENCH_TIMEOUT:-400}" python benchmarks/bench_attention.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
