@@ -99,8 +99,8 @@ extra=()
 [ "$REQUEUE_CALLBACK" != "none" ] && extra+=("--trainer.callbacks+=$REQUEUE_CALLBACK")
 # The repository on the path: `slurm.requeue` (and the recipes' own modules) import from it.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-# Lightning's SLURMEnvironment checks that the job's task count equals num_nodes x devices, and takes ranks and the
-# rendezvous address (the first node) from Slurm; nothing is set by hand here.
+# Lightning's SLURMEnvironment checks that devices equals --ntasks-per-node, and takes ranks and the rendezvous
+# address (the first node) from Slurm; nothing is set by hand here.
 "${SRUN[@]}" "$PYTHON" "$(in_repo "$RECIPE")" fit "${extra[@]}" \
     --trainer.accelerator "$ACCELERATOR" \
     --trainer.num_nodes "$NNODES" \
