@@ -335,7 +335,9 @@ def check_rank_agreement(rows: list[dict[str, Any]], decided: bool) -> None:
     rows, so every rank raises together and none waits forever for the others."""
     differ = [r for r in rows if r["deterministic"] != decided]
     if differ:
-        listing = ", ".join(f"rank {r['rank']} runs {r['deterministic']} (from {r['deterministic_source']})" for r in differ)
+        listing = ", ".join(
+            f"rank {r['rank']} runs {r['deterministic']} (from {r['deterministic_source']})" for r in differ
+        )
         raise RuntimeError(
             f"fa2dist's deterministic mode differs across ranks: rank 0 runs {decided} "
             f"(from {rows[0]['deterministic_source']}) but {listing}. Set it the same on every rank: "

@@ -143,7 +143,9 @@ def test_check_rank_agreement_names_every_disagreeing_rank():
         }
 
     rows = [row(0, False, "default"), row(1, True, "environment FA2DIST_DETERMINISTIC"), row(2, False, "default")]
-    with pytest.raises(RuntimeError, match=r"rank 0 runs False \(from default\) but rank 1 runs True \(from environment"):
+    with pytest.raises(
+        RuntimeError, match=r"rank 0 runs False \(from default\) but rank 1 runs True \(from environment"
+    ):
         check_rank_agreement(rows, decided=False)
     check_rank_agreement([row(0, True, "argument"), row(1, True, "argument")], decided=True)
 
