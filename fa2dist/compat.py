@@ -117,13 +117,16 @@ def flash_attention_v2(
         q: (batch, nheads, seqlen_q, headdim).
         k, v: (batch, nheads_kv, seqlen_k, headdim).
         softmax_scale: defaults to 1/sqrt(headdim).
-        deterministic: True for the bitwise reproducible backward, False for the sequence-parallel one.
+        deterministic: True for the bitwise reproducible backward. False (the seed's default) defers to the global
+            switch (``fa2dist.set_deterministic``, ``FA2DIST_DETERMINISTIC``, ``Trainer(deterministic=True)``), so
+            a reproducible run stays reproducible through code written against the seed API; with nothing set
+            that is the sequence-parallel backward, as in the seed.
 
     Returns:
         Output with q's shape and dtype.
     """
     return flash_attention(
-        q, k, v, causal=True, softmax_scale=softmax_scale, deterministic=bool(deterministic), layout="bhsd"
+        q, k, v, causal=True, softmax_scale=softmax_scale, deterministic=True if deterministic else None, layout="bhsd"
     )
 
 
