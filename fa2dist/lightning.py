@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -206,7 +207,8 @@ class FlashAttentionCallback(Callback):
             path = "triton-interpreter" if uses_kernels(device) and INTERPRET else "pytorch"
         return {
             "rank": trainer.global_rank,
-            "host": socket.gethostname(),
+            # Under Slurm the node's name, which is what a multi-node job's table should tell apart.
+            "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
             "device": str(device),
             "gpu": gpu,
             "cc": cc,
