@@ -1,0 +1,460 @@
+"""Kernel configs: the registry, selection per device, overrides, and shared-memory fitting.
+
+The fit tests cross-compile every registered family's kernels with Triton for that family's own architecture
+(sm_75 ... sm_120, no GPU needed) and compare the shared memory Triton allocates with what the family's GPUs have.
+Devices are faked by replacing ``torch.cuda.get_device_properties``.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+
+import pytest
+import torch
+import triton
+
+from fa2dist import configs
+from fa2dist.compat import KernelsConfigV2
+from fa2dist.configs import (
+    ENV_ARCH,
+    FAMILIES,
+    FAMILY_SHARED_MEMORY,
+    INTERPRETER_CONFIG,
+    BackwardConfig,
+    BlockConfig,
+    KernelsConfig,
+    config_for_device,
+    register_config,
+    select_config,
+    unregister_configs,
+)
+from fa2dist.ops import fit
+
+# Each family's own architecture, and a GPU of it as PyTorch describes it (shared_memory_per_block_optin).
+FAMILY_CAPABILITY = {
+    "turing": (7, 5),
+    "ampere": (8, 0),
+    "ampere_consumer": (8, 6),
+    "ada": (8, 9),
+    "hopper": (9, 0),
+    "blackwell": (10, 0),
+    "blackwell_consumer": (12, 0),
+}
+FAKE_GPUS = {
+    "Tesla T4": ((7, 5), 65536, "turing"),
+    "NVIDIA A100-SXM4-80GB": ((8, 0), 166912, "ampere"),
+    "NVIDIA GeForce RTX 3090": ((8, 6), 101376, "ampere_consumer"),
+    "NVIDIA Jetson AGX Orin": ((8, 7), 166912, "ampere_consumer"),
+    "NVIDIA L40S": ((8, 9), 101376, "ada"),
+    "NVIDIA H100 80GB HBM3": ((9, 0), 232448, "hopper"),
+    "NVIDIA B200": ((10, 0), 232448, "blackwell"),
+    "NVIDIA B300": ((10, 3), 232448, "blackwell"),
+    "NVIDIA GeForce RTX 5090": ((12, 0), 101376, "blackwell_consumer"),
+    "NVIDIA DGX Spark": ((12, 1), 101376, "blackwell_consumer"),
+}
+HEAD_DIMS = (16, 40, 64, 80, 96, 128, 256)
+
+needs_compiler = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="cross-compilation needs Triton's compiler, not its interpreter"
+)
+
+
+def _kernel_blocks(config: KernelsConfig, head_dim: int) -> dict[str, BlockConfig | None]:
+    det = config.backward_for(head_dim, True)
+    return {
+        "forward": config.forward_for(head_dim),
+        "dkdv": det.dkdv,
+        "dq": det.dq,
+        "dkdv_atomic": config.backward_for(head_dim, False).dkdv,
+        "preprocess": None,
+    }
+
+
+def _props(name: str, capability: tuple[int, int], smem: int) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        name=name,
+        major=capability[0],
+        minor=capability[1],
+        shared_memory_per_block_optin=smem,
+        multi_processor_count=108,
+        total_memory=16 << 30,
+    )
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """``fake_gpus({0: (name, capability, smem), ...})`` makes those the visible CUDA devices for configs."""
+    monkeypatch.setattr(configs, "_warned", set())
+    monkeypatch.delenv(ENV_ARCH, raising=False)
+
+    def install(table: dict[int, tuple[str, tuple[int, int], int]]) -> None:
+        props = {i: _props(*entry) for i, entry in table.items()}
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        configs.clear_caches()
+
+    yield install
+    unregister_configs()
+    configs.clear_caches()
+
+
+def _gpu(name: str) -> tuple[str, tuple[int, int], int]:
+    capability, smem, _ = FAKE_GPUS[name]
+    return (name, capability, smem)
+
+
+# ---- every registered tier cross-compiled for its own architecture --------------------------------------------------
+
+
+@needs_compiler
+@pytest.mark.parametrize("family", sorted(FAMILY_CAPABILITY))
+def test_family_tiles_compile_and_fit_their_architecture(family):
+    """All kernels of all backward modes, head dims up to the family's limit, fp16 causal (the shape Triton
+    specialises: strides multiples of 16 where the head dim is), plus bf16 and non-causal at two head dims."""
+    config, _ = FAMILIES[family]
+    capability, limit = FAMILY_CAPABILITY[family], FAMILY_SHARED_MEMORY[family]
+    cases = [(d, torch.float16, True) for d in HEAD_DIMS if d <= config.max_headdim]
+    cases += [
+        (d, dtype, causal) for d in (64, 256) for dtype, causal in ((torch.bfloat16, True), (torch.float16, False))
+    ]
+    too_big = []
+    for head_dim, dtype, causal in cases:
+        for kernel, block in _kernel_blocks(config, head_dim).items():
+            used = fit.compiled_shared_memory(
+                kernel, block, head_dim, capability, dtype, causal=causal, aligned=head_dim % 16 == 0
+            )
+            if used > limit:
+                too_big.append(f"{kernel} d={head_dim} {dtype} causal={causal} {block}: {used} > {limit}")
+            if fit.formula_applies(kernel, block, capability, dtype):
+                bound = fit.estimate_shared_memory(kernel, block, head_dim, capability, dtype)
+                assert used <= bound <= fit.MAX_OVERESTIMATE * used, (
+                    f"{family} {kernel} d={head_dim} {block}: {bound=} {used=}"
+                )
+    assert not too_big, f"{family} tiles exceed sm_{capability[0]}{capability[1]}'s shared memory:\n" + "\n".join(
+        too_big
+    )
+
+
+@needs_compiler
+@pytest.mark.parametrize("family", sorted(FAMILY_CAPABILITY))
+def test_fitting_keeps_each_family_tiles_on_its_own_gpus(family):
+    config, _ = FAMILIES[family]
+    capability = FAMILY_CAPABILITY[family]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shrink would warn
+        fitted = configs.fit_config(config, capability, FAMILY_SHARED_MEMORY[family])
+    assert fitted == config
+    assert fitted.shared_memory_bytes == FAMILY_SHARED_MEMORY[family] and fitted.capability == capability
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "kernel, block, head_dim, capability",
+    [
+        ("forward", BlockConfig(64, 64, 4, 1), 64, (7, 5)),
+        ("forward", BlockConfig(128, 64, 4, 3), 64, (8, 0)),
+        ("dkdv_atomic", BlockConfig(64, 128, 8, 2), 128, (9, 0)),
+    ],
+)
+def test_allocation_pass_matches_full_compilation(kernel, block, head_dim, capability):
+    quick = fit.compiled_shared_memory(kernel, block, head_dim, capability)
+    full = fit.compiled_shared_memory(kernel, block, head_dim, capability, full_compile=True)
+    assert quick == full > 0
+
+
+def test_turing_backward_needs_what_the_tiers_assume():
+    """The Turing tiers were chosen with the exact sm_75 formula (fp16): dK/dV 8*n*d + 4*m*max(d, n)."""
+    for d, block in ((128, BlockConfig(64, 32)), (256, BlockConfig(32, 16))):
+        assert fit.estimate_shared_memory("dkdv", block, d, (7, 5)) == 65536
+        assert fit.estimate_shared_memory("dq", BlockConfig(block.block_n, block.block_m), d, (7, 5)) == 65536
+    assert fit.estimate_shared_memory("dkdv", BlockConfig(32, 64), 128, (7, 5)) == 81920  # the old tier
+
+
+# ---- selection per device --------------------------------------------------------------------------------------------
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", sorted(FAKE_GPUS))
+def test_each_gpu_gets_its_family_config(fake_gpus, name):
+    capability, smem, family = FAKE_GPUS[name]
+    fake_gpus({0: _gpu(name)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*Triton .* on a Turing GPU")
+        config = config_for_device(torch.device("cuda", 0))
+    assert config.family == family
+    assert config == FAMILIES[family][0]  # the family's own tiles fit its GPUs unchanged
+    assert config.capability == capability and config.shared_memory_bytes == smem
+
+
+@needs_compiler
+def test_each_device_of_a_mixed_process_gets_its_own_config(fake_gpus):
+    fake_gpus({0: _gpu("Tesla T4"), 1: _gpu("NVIDIA H100 80GB HBM3")})
+    t4, h100 = torch.device("cuda", 0), torch.device("cuda", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert config_for_device(t4).family == "turing"
+        assert config_for_device(h100).family == "hopper"
+        assert select_config(h100).forward_for(128) == FAMILIES["hopper"][0].forward_for(128)
+        assert select_config(t4).backward_for(128, True) == BackwardConfig(BlockConfig(64, 32), BlockConfig(32, 64))
+        # Cached per device: the same object again, and "cuda" means the current device (index 0 here).
+        assert config_for_device(h100) is config_for_device(h100)
+        assert config_for_device(torch.device("cuda")) is config_for_device(t4)
+
+
+def test_cpu_tensors_get_the_interpreter_config():
+    assert select_config(torch.device("cpu")) is INTERPRETER_CONFIG
+    assert config_for_device(torch.device("cpu")) is INTERPRETER_CONFIG
+
+
+@needs_compiler
+def test_unknown_newer_capability_uses_nearest_family_and_warns_once(fake_gpus):
+    fake_gpus({0: ("future GPU", (11, 0), 232448), 1: ("future GPU", (11, 0), 232448)})
+    with pytest.warns(UserWarning, match=r"no config for compute capability 11\.0; using blackwell's \(10\.3\)"):
+        config = config_for_device(torch.device("cuda", 0))
+    assert config.family == "blackwell"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_for_device(torch.device("cuda", 1)).family == "blackwell"
+
+
+def test_capability_below_turing_is_refused(fake_gpus):
+    fake_gpus({0: ("Tesla V100-SXM2-16GB", (7, 0), 98304)})
+    with pytest.raises(ValueError, match=r"compute capability 7\.0 is older than Turing \(7\.5\)"):
+        config_for_device(torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="older than Turing"):
+        select_config(torch.device("cuda", 0), FAMILIES["turing"][0])
+
+
+@pytest.mark.skipif(tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 3), reason="Triton < 3.3")
+def test_turing_with_new_triton_warns_once_per_process(fake_gpus):
+    fake_gpus({0: _gpu("Tesla T4"), 1: _gpu("Tesla T4")})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config_for_device(torch.device("cuda", 0))
+        config_for_device(torch.device("cuda", 1))
+        configs.clear_caches()
+        config_for_device(torch.device("cuda", 0))
+    messages = [str(w.message) for w in caught if "Turing GPU" in str(w.message)]
+    assert len(messages) == 1
+    assert "Triton 3.3 and newer allocate more shared memory" in messages[0]
+
+
+# ---- shared-memory fitting -------------------------------------------------------------------------------------------
+
+
+@needs_compiler
+def test_large_tiles_at_head_dim_256_are_shrunk_to_64_kb(fake_gpus):
+    fake_gpus({0: _gpu("Tesla T4")})
+    big = KernelsConfig(
+        family="big",
+        forward=((256, BlockConfig(128, 128, 8, 2)),),
+        backward_deterministic=((256, BackwardConfig(BlockConfig(64, 128, 8, 2), BlockConfig(128, 64, 8, 2))),),
+        backward_sequence_parallel=((256, BackwardConfig(BlockConfig(64, 128, 8, 2), BlockConfig(128, 64, 8, 2))),),
+    )
+    with pytest.warns(UserWarning, match=r"the big config's tiles need more shared memory than this GPU's 65536"):
+        fitted = select_config(torch.device("cuda", 0), big)
+    for kernel, block in _kernel_blocks(fitted, 256).items():
+        assert fit.required_shared_memory(kernel, block, 256, (7, 5)) <= 65536, (kernel, block)
+    assert fitted.forward_for(256) == BlockConfig(32, 32, 8, 1)
+    assert fitted.forward == ((256, fitted.forward_for(256)),)
+
+
+@needs_compiler
+def test_a_forced_family_is_fitted_to_a_smaller_gpu(fake_gpus, monkeypatch):
+    fake_gpus({0: _gpu("NVIDIA GeForce RTX 5090")})
+    monkeypatch.setenv(ENV_ARCH, "blackwell")  # sm_100 tiles on sm_120's 99 KB
+    with pytest.warns(UserWarning, match="the blackwell config's tiles need more shared memory"):
+        config = config_for_device(torch.device("cuda", 0))
+    assert config.family == "blackwell"
+    for d in (64, 128, 256):
+        for kernel, block in _kernel_blocks(config, d).items():
+            assert fit.required_shared_memory(kernel, block, d, (12, 0)) <= 101376, (d, kernel, block)
+
+
+@needs_compiler
+def test_head_dims_that_cannot_fit_are_dropped_then_refused(fake_gpus):
+    fake_gpus({0: ("small", (8, 0), 24 * 1024), 1: ("tiny", (8, 0), 4 * 1024)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = config_for_device(torch.device("cuda", 0))
+    messages = "\n".join(str(w.message) for w in caught)
+    assert (
+        "the ampere config runs head dims up to 128 only on this GPU: fa2dist's dkdv kernel at head dim 256" in messages
+    )
+    assert "forward at head dim <= 64: 128x64 (4 warps, 3 stages) -> 64x64 (4 warps, 1 stage)" in messages
+    assert all(w.filename == __file__ for w in caught)  # attributed to the caller, not to fa2dist
+    assert config.max_headdim == 128 and [d for d, _ in config.forward] == [64, 128]
+    for kernel, block in _kernel_blocks(config, 128).items():
+        assert fit.required_shared_memory(kernel, block, 128, (8, 0)) <= 24 * 1024
+    with pytest.raises(
+        ValueError,
+        match=r"forward kernel at head dim 64 .* needs more than the 4096 bytes .* "
+        r"smallest tiles \(BlockConfig\(block_m=16, block_n=16",
+    ):
+        config_for_device(torch.device("cuda", 1))
+
+
+def test_fitting_is_deterministic_and_monotone():
+    block = BlockConfig(128, 128, 8, 3)
+    chain = [block]
+    while chain[-1].shrink() is not None:
+        chain.append(chain[-1].shrink())
+    assert chain[1] == BlockConfig(128, 128, 8, 2) and chain[-1] == BlockConfig(16, 16, 8, 1)
+    for kernel in ("forward", "dkdv", "dq"):
+        bounds = [fit.estimate_shared_memory(kernel, b, 128, (8, 0)) for b in chain]
+        assert bounds == sorted(bounds, reverse=True)
+
+
+# ---- custom configs and overrides ------------------------------------------------------------------------------------
+
+
+def _custom(family: str = "mine") -> KernelsConfig:
+    block = BlockConfig(32, 32, 4, 1)
+    bw = BackwardConfig(block, block)
+    return KernelsConfig(
+        family=family,
+        forward=((256, block),),
+        backward_deterministic=((256, bw),),
+        backward_sequence_parallel=((256, bw),),
+        source="test",
+    )
+
+
+@needs_compiler
+def test_registered_config_outranks_the_table(fake_gpus):
+    fake_gpus({0: _gpu("NVIDIA A100-SXM4-80GB")})
+    device = torch.device("cuda", 0)
+    assert config_for_device(device).family == "ampere"
+    register_config((8, 0), _custom())
+    assert config_for_device(device).family == "mine"
+    unregister_configs()
+    assert config_for_device(device).family == "ampere"
+
+
+@needs_compiler
+def test_seed_config_v2_registers_and_overrides(fake_gpus):
+    fake_gpus({0: _gpu("Tesla T4")})
+    v2 = KernelsConfigV2(
+        block_rows_size=64,
+        block_cols_size=64,
+        min_block_headdim=16,
+        max_headdim=128,
+        seqlen_cache_divisor=32,
+        min_warps=4,
+        max_warps=8,
+        num_stages=1,
+    )
+    device = torch.device("cuda", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        register_config((7, 5), v2)
+        assert config_for_device(device).family == "custom"
+        unregister_configs()
+        assert select_config(device, {(7, 5): v2}).family == "custom"
+        assert select_config(device, {(8, 0): v2}).family == "turing"  # not this GPU's capability: its own config
+
+
+@needs_compiler
+def test_per_call_config_outranks_env_and_registry(fake_gpus, monkeypatch):
+    fake_gpus({0: _gpu("NVIDIA H100 80GB HBM3")})
+    monkeypatch.setenv(ENV_ARCH, "ampere")
+    register_config((9, 0), _custom("registered"))
+    device = torch.device("cuda", 0)
+    assert select_config(device).family == "ampere"  # the env outranks registered configs
+    assert select_config(device, _custom("per-call")).family == "per-call"
+    assert select_config(device, {(9, 0): _custom("per-call-dict")}).family == "per-call-dict"
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "value, family",
+    [
+        ("turing", "turing"),
+        ("Ampere", "ampere"),
+        ("ampere-consumer", "ampere_consumer"),
+        ("ada", "ada"),
+        ("hopper", "hopper"),
+        ("blackwell_consumer", "blackwell_consumer"),
+    ],
+)
+def test_env_forces_a_family_on_a_gpu_able_to_run_it(fake_gpus, monkeypatch, value, family):
+    fake_gpus({0: _gpu("NVIDIA H100 80GB HBM3")})
+    monkeypatch.setenv(ENV_ARCH, value)
+    if family == "blackwell_consumer":
+        with pytest.raises(ValueError, match=r"FA2DIST_ARCH=blackwell_consumer needs compute capability 12\.0"):
+            config_for_device(torch.device("cuda", 0))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert config_for_device(torch.device("cuda", 0)).family == family
+
+
+def test_env_is_read_per_call_and_part_of_the_cache_key(fake_gpus, monkeypatch):
+    fake_gpus({0: _gpu("Tesla T4")})
+    device = torch.device("cuda", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert config_for_device(device).family == "turing"
+        monkeypatch.setenv(ENV_ARCH, "hopper")
+        with pytest.raises(ValueError, match=r"FA2DIST_ARCH=hopper needs compute capability 9\.0 or newer"):
+            config_for_device(device)
+        monkeypatch.setenv(ENV_ARCH, "volta")
+        with pytest.raises(ValueError, match=r"FA2DIST_ARCH='volta' is not a known family; use one of turing"):
+            config_for_device(device)
+        monkeypatch.delenv(ENV_ARCH)
+        assert config_for_device(device).family == "turing"
+        assert config_for_device(device, "turing") is config_for_device(device)
+
+
+# ---- invalid configs -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: BlockConfig(48, 64), ValueError, r"BlockConfig\(block_m=48\)` is not valid: use a power of two"),
+        (lambda: BlockConfig(64, 512), ValueError, r"block_n=512"),
+        (lambda: BlockConfig(64, 64, num_warps=3), ValueError, r"num_warps=3.*use one of \(1, 2, 4, 8, 16\)"),
+        (lambda: BlockConfig(64, 64, num_warps=True), ValueError, r"num_warps=True"),
+        (lambda: BlockConfig(64, 64, num_stages=0), ValueError, r"num_stages=0.*from 1 to 8"),
+        (
+            lambda: BackwardConfig((64, 64), BlockConfig(64, 64)),
+            TypeError,
+            r"BackwardConfig\(dkdv=...\)` must be a "
+            r"BlockConfig",
+        ),
+        (lambda: KernelsConfig("", (), (), ()), TypeError, r"family=''"),
+        (
+            lambda: KernelsConfig("x", [(256, BlockConfig(64, 64))], (), ()),
+            TypeError,
+            r"KernelsConfig\(forward=...\)` must be a non-empty tuple of \(max_head_dim, BlockConfig\) pairs",
+        ),
+        (
+            lambda: KernelsConfig("x", ((256, BlockConfig(64, 64)), (64, BlockConfig(64, 64))), (), ()),
+            ValueError,
+            r"head-dim tiers \[256, 64\] must strictly ascend",
+        ),
+        (lambda: KernelsConfig("x", ((128, BlockConfig(64, 64)),), (), ()), ValueError, r"reach max_headdim=256"),
+        (lambda: _replace_headdim(300), ValueError, r"max_headdim=300.*16 to 256"),
+        (lambda: register_config((7, 5), "turing"), TypeError, r"expected a KernelsConfig .* got str"),
+        (lambda: register_config("7.5", _custom()), TypeError, r"expected a compute capability \(major, minor\)"),
+        (lambda: register_config((7, 0), _custom()), ValueError, r"need compute capability 7\.5 or newer"),
+        (lambda: select_config(torch.device("cpu"), "ampere"), TypeError, r"`config=` must be a KernelsConfig"),
+        (
+            lambda: fit.estimate_shared_memory("fwd", BlockConfig(64, 64), 64, (8, 0)),
+            ValueError,
+            r"`kernel='fwd'` is not one of fa2dist's kernels",
+        ),
+    ],
+)
+def test_invalid_configs_are_refused_with_their_fix(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def _replace_headdim(value: int) -> KernelsConfig:
+    c = _custom()
+    return KernelsConfig(c.family, c.forward, c.backward_deterministic, c.backward_sequence_parallel, max_headdim=value)
