@@ -12,6 +12,7 @@ from triton.runtime.errors import OutOfResources
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
+from fa2dist.ops import fit
 from fa2dist.ops.kernels.backward import (
     _attn_bwd_dkdv_kernel,
     _attn_bwd_dq_kernel,
@@ -99,6 +100,17 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 _fitted: dict[tuple, BlockConfig] = {}
 
 
+def _fit_fp32(name: str, cfg: BlockConfig, head_dim: int, config: KernelsConfig) -> BlockConfig:
+    # Configs are fitted for 2-byte inputs; fp32 tiles take twice the shared memory. Ask the compiler's allocator
+    # (a fraction of a second per step) instead of launching and catching failures (a full compile per step).
+    if not config.shared_memory_bytes or getattr(config, "capability", None) is None:
+        return cfg
+    try:
+        return fit.fit_block(name, cfg, head_dim, config.capability, config.shared_memory_bytes, torch.float32)
+    except Exception:  # the launch below still shrinks on failure
+        return cfg
+
+
 def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs: dict) -> None:
     """Launch ``kernel`` with ``cfg``'s tiles; if they need more shared memory than the GPU has (fp32 inputs, a
     custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the choice is
@@ -148,8 +160,11 @@ def attn_fwd(
         return out, lse
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
+    tiles = config.forward_for(head_dim)
+    if q.dtype == torch.float32 and q.device.type == "cuda":
+        tiles = _fit_fp32("forward", tiles, head_dim, config)
     _launch(
-        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), config.forward_for(head_dim),
+        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), tiles,
         lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
         (
             q, k, v, out, lse, softmax_scale,
@@ -202,8 +217,12 @@ def attn_bwd(
         dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
     key = (q.device, q.dtype, head_dim, causal, deterministic)
+    dkdv_tiles, dq_tiles = bcfg.dkdv, bcfg.dq
+    if q.dtype == torch.float32 and q.device.type == "cuda":
+        dkdv_tiles = _fit_fp32("dkdv" if deterministic else "dkdv_atomic", dkdv_tiles, head_dim, config)
+        dq_tiles = _fit_fp32("dq", dq_tiles, head_dim, config) if deterministic else dq_tiles
     _launch(
-        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+        _attn_bwd_dkdv_kernel, key, dkdv_tiles, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
         (
             q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
             *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
@@ -215,7 +234,7 @@ def attn_bwd(
     )
     if deterministic:
         _launch(
-            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
+            _attn_bwd_dq_kernel, key, dq_tiles, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
             (
                 q, k, v, do, dq, lse, delta, softmax_scale,
                 *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
