@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session: correctness tests, then a tile sweep or the benchmark suite. Results under $OUT (or ./out).
-# Usage: bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [quickbench]
+# Usage: bash benchmarks/gpu_session.sh STEP...   with STEP one of
+#   tests                  tests/test_gpu_kernels.py (PYTEST_ARGS="-n 12 -p xdist" with pytest-xdist wheels carried)
+#   sweep                  benchmarks/sweep_configs.py (SWEEP_DIMS, SWEEP_SEQLENS, SWEEP_ARGS)
+#   bench                  benchmarks/bench_attention.py (BENCH_ARGS)
+#   pytest:FILE            the gpu-marked tests of FILE, run files kept under $OUT/tmp_NAME
+#   cmd:COMMAND            any command (EXTRA_TIMEOUT)
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -15,8 +20,9 @@ for step in "$@"; do
             --seqlens "${SWEEP_SEQLENS:-4096}" ${SWEEP_ARGS:-} --out "$OUT/sweep.json" 2>&1 | grep -v Warning | tee "$OUT/sweep.log" ;;
         bench) timeout "${BENCH_TIMEOUT:-400}" python benchmarks/bench_attention.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
             | tail -n 80 | tee "$OUT/bench.log" ;;
-        pytest:*) timeout "${EXTRA_TIMEOUT:-240}" python -m pytest "${step#pytest:}" -m gpu -q -rf -s 2>&1 | tail -n 80 \
-            | tee "$OUT/$(basename "${step#pytest:}" .py).log" ;;
+        pytest:*) name=$(basename "${step#pytest:}" .py)
+            timeout "${EXTRA_TIMEOUT:-240}" python -m pytest "${step#pytest:}" -m gpu -v -rfs -s \
+                --basetemp="$OUT/tmp_$name" 2>&1 | tee "$OUT/$name.log" | grep -E "PASSED|FAILED|SKIPPED|passed|failed|^\|" ;;
         cmd:*) timeout "${EXTRA_TIMEOUT:-240}" bash -c "${step#cmd:}" 2>&1 | tail -n 60 | tee -a "$OUT/cmd.log" ;;
         *) echo "unknown step $step" ;;
     esac
