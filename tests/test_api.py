@@ -149,3 +149,14 @@ def test_bf16_is_not_cast_on_cpu():
     q = q * 300  # fp16 would overflow in q @ k^T
     out = fa2dist.flash_attention(q, k, v)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_fullgraph_compile_on_the_pytorch_path():
+    torch._dynamo.reset()
+    block = fa2dist.MultiheadFlashAttention(64, 4, num_kv_heads=2, causal=True, rotary=True)
+    x = torch.randn(2, 20, 64, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, block(x))
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -269,6 +269,69 @@ class FlashAttnFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
+# torch.compile: the kernels run behind two custom ops (opaque to the compiler, with fake implementations that give
+# the outputs' shapes and strides), so `torch.compile(model, fullgraph=True)` traces attention without a graph break.
+# Eager calls keep the autograd.Function above.
+@torch.library.custom_op("fa2dist::attn_fwd", mutates_args=())
+def _attn_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float, layout: str,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # `deterministic` only travels to the backward (through setup_context); the forward is the same in both modes.
+    return attn_fwd(q, k, v, causal, softmax_scale, layout, select_config(q.device))
+
+
+@_attn_fwd_op.register_fake
+def _(q, k, v, causal, softmax_scale, layout, deterministic):
+    batch, nheads, _, seqlen_q, _, _ = _dims(q, k, layout)
+    return torch.empty_like(q), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+
+
+@torch.library.custom_op("fa2dist::attn_bwd", mutates_args=())
+def _attn_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    softmax_scale: float,
+    layout: str,
+    deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attn_bwd(do, q, k, v, out, lse, causal, softmax_scale, layout, select_config(q.device), deterministic)
+
+
+@_attn_bwd_op.register_fake
+def _(do, q, k, v, out, lse, causal, softmax_scale, layout, deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _op_setup_context(ctx, inputs, output):
+    q, k, v, causal, softmax_scale, layout, deterministic = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.causal, ctx.softmax_scale, ctx.layout, ctx.deterministic = causal, softmax_scale, layout, deterministic
+
+
+def _op_backward(ctx, do, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _attn_bwd_op(
+        _last_dim_contiguous(do), q, k, v, out, lse, ctx.causal, ctx.softmax_scale, ctx.layout, ctx.deterministic
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+_attn_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+@torch.compiler.assume_constant_result
+def _compiled_mode(deterministic: bool | None) -> bool:
+    # The switch reads a ContextVar, a global and the environment: evaluated once at trace time, so a compiled model
+    # keeps the mode it was compiled under (recompile, or pass deterministic= explicitly, to change it).
+    return resolve_deterministic(deterministic)[0]
+
+
 def uses_kernels(device: torch.device) -> bool:
     """True where the Triton kernels run (CUDA, or CPU under TRITON_INTERPRET=1); else the PyTorch path."""
     return device.type == "cuda" or (device.type == "cpu" and INTERPRET)
@@ -317,9 +380,14 @@ def flash_attention(
         softmax_scale = 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
     elif not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
         raise TypeError(f"`softmax_scale={softmax_scale!r}` must be a finite float or None (1/sqrt(headdim)).")
-    mode, _ = resolve_deterministic(deterministic)
-
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"`deterministic={deterministic!r}` must be True, False or None (the global switch decides).")
+    if torch.compiler.is_compiling() and uses_kernels(q.device) and config is None:
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        out, lse = _attn_fwd_op(q, k, v, causal, float(softmax_scale), layout, _compiled_mode(deterministic))
+        return (out, lse) if return_lse else out
     if uses_kernels(q.device):
+        mode, _ = resolve_deterministic(deterministic)
         if q.device.type == "cuda":
             major, minor = torch.cuda.get_device_capability(q.device)
             if (major, minor) < (7, 5):
@@ -334,6 +402,7 @@ def flash_attention(
             )
         out, lse = FlashAttnFunction.apply(q, k, v, causal, float(softmax_scale), layout, cfg, mode)
     else:
+        # The PyTorch path has one backward (autograd's, deterministic on the CPU): no mode to resolve.
         qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
         out, lse = attention_reference(qh, kh, vh, causal=causal, softmax_scale=float(softmax_scale))
         if layout == "bshd":
