@@ -17,3 +17,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 collect_ignore_glob = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["kernels/*"]
+
+
+def pytest_report_header(config):
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "tests/kernels (Triton kernels on the CPU) need TRITON_INTERPRET=1 and run in their own process: bash .ci/test"
+    return None
