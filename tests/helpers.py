@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fa2dist.ops.reference import attention_reference
+
+# Variables a child training run must not inherit from the test process: fa2dist's switches (each test sets its
+# own), Triton's interpreter, and the rank/rendezvous settings of any launcher (or Slurm job) the tests run under.
+LAUNCHER_ENV = (
+    "FA2DIST_DETERMINISTIC",
+    "FA2DIST_ARCH",
+    "TRITON_INTERPRET",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+)
+
+
+def child_environment(drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without LAUNCHER_ENV, ``drop`` and Slurm's variables."""
+    dropped = set(LAUNCHER_ENV) | set(drop)
+    return {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("SLURM_")}
 
 
 def describe_diff(actual: torch.Tensor, expected: torch.Tensor) -> str:

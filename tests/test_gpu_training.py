@@ -25,25 +25,11 @@ import torch
 
 from fa2dist.configs import config_for_capability
 from fa2dist.lightning import format_rank_table
+from tests.helpers import child_environment
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "gpu_train_script.py"
 BENCH = REPO / "benchmarks" / "bench_recipe.py"
-# Variables that would make a child think it is part of another job, or change its mode behind the test's back.
-_DROPPED_ENV = (
-    "FA2DIST_DETERMINISTIC",
-    "FA2DIST_ARCH",
-    "TRITON_INTERPRET",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "PL_GLOBAL_SEED",
-)
 STEPS = 30  # gpu_train_script.py's default
 # One run takes well under a minute on an H100 (most of it start-up and the Triton compile); a hung NCCL rank must
 # not eat the session.
@@ -68,7 +54,7 @@ needs_two_gpus = pytest.mark.skipif(GPU_COUNT < 2, reason=f"needs 2 CUDA GPUs fo
 
 
 def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("SLURM_")}
+    env = child_environment(("PL_GLOBAL_SEED",))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env.update(extra or {})
     return env

@@ -21,29 +21,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import child_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "repro_train.py"
-# Variables that would make the child think it is part of another job, or change its mode behind the test's back.
-_DROPPED_ENV = (
-    "FA2DIST_DETERMINISTIC",
-    "FA2DIST_ARCH",
-    "TRITON_INTERPRET",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-)
 
 pytestmark = pytest.mark.slow
 
 
 def train(out: Path, *args: str, devices: int = 2, env: dict[str, str] | None = None) -> list[dict]:
     """Run repro_train.py into ``out`` and return each rank's record."""
-    child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and not k.startswith("SLURM_")}
+    child_env = child_environment()
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     child_env.update(env or {})
     cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--devices", str(devices), *args]

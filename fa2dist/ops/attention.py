@@ -111,12 +111,15 @@ def _fit_fp32(name: str, cfg: BlockConfig, head_dim: int, config: KernelsConfig)
         return cfg
 
 
-def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs: dict) -> None:
+def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs: dict, prefit=None) -> None:
     """Launch ``kernel`` with ``cfg``'s tiles; if they need more shared memory than the GPU has (fp32 inputs, a
     custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the choice is
-    the same in every run) and remember the tiles that fit."""
+    the same in every run) and remember the tiles that fit. ``prefit(cfg)``, if given, runs once per key, before
+    the first launch."""
     key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), *key, cfg)
-    tiles = _fitted.get(key, cfg)
+    tiles = _fitted.get(key)
+    if tiles is None:
+        tiles = cfg = prefit(cfg) if prefit is not None else cfg
     while True:
         try:
             kernel[grid(tiles)](
@@ -160,11 +163,9 @@ def attn_fwd(
         return out, lse
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    tiles = config.forward_for(head_dim)
-    if q.dtype == torch.float32 and q.device.type == "cuda":
-        tiles = _fit_fp32("forward", tiles, head_dim, config)
+    fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     _launch(
-        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), tiles,
+        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), config.forward_for(head_dim),
         lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
         (
             q, k, v, out, lse, softmax_scale,
@@ -172,6 +173,7 @@ def attn_fwd(
             *_bhsd_strides(out, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
         ),
         dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=_precision(q.dtype)),
+        prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
     )
     return out, lse
 
@@ -217,12 +219,10 @@ def attn_bwd(
         dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
     key = (q.device, q.dtype, head_dim, causal, deterministic)
-    dkdv_tiles, dq_tiles = bcfg.dkdv, bcfg.dq
-    if q.dtype == torch.float32 and q.device.type == "cuda":
-        dkdv_tiles = _fit_fp32("dkdv" if deterministic else "dkdv_atomic", dkdv_tiles, head_dim, config)
-        dq_tiles = _fit_fp32("dq", dq_tiles, head_dim, config) if deterministic else dq_tiles
+    fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
+    dkdv_name = "dkdv" if deterministic else "dkdv_atomic"
     _launch(
-        _attn_bwd_dkdv_kernel, key, dkdv_tiles, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
         (
             q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
             *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
@@ -231,16 +231,18 @@ def attn_bwd(
         ),
         dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, ATOMIC_DQ=not deterministic, UPCAST=upcast,
              PRECISION=precision),
+        prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
     )
     if deterministic:
         _launch(
-            _attn_bwd_dq_kernel, key, dq_tiles, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
+            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
             (
                 q, k, v, do, dq, lse, delta, softmax_scale,
                 *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
                 *_bhsd_strides(do, layout), *dq_strides, nheads, group, seqlen_q, seqlen_k,
             ),
             dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=precision),
+            prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )
     else:
         dq_acc = dq_acc if layout == "bhsd" else dq_acc.transpose(1, 2)
@@ -388,14 +390,7 @@ def flash_attention(
         return (out, lse) if return_lse else out
     if uses_kernels(q.device):
         mode, _ = resolve_deterministic(deterministic)
-        if q.device.type == "cuda":
-            major, minor = torch.cuda.get_device_capability(q.device)
-            if (major, minor) < (7, 5):
-                raise ValueError(
-                    f"{torch.cuda.get_device_name(q.device)} has compute capability {major}.{minor}; fa2dist's kernels "
-                    "need Turing (7.5) or newer. Move the tensors to the CPU to use the PyTorch path."
-                )
-        cfg = select_config(q.device, config)
+        cfg = select_config(q.device, config)  # refuses GPUs older than Turing with a clear message
         if head_dim > cfg.max_headdim:
             raise ValueError(
                 f"head dim {head_dim} exceeds the {cfg.family} config's max_headdim={cfg.max_headdim}."
