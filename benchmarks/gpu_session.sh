@@ -4,7 +4,7 @@
 #   tests                  tests/test_gpu_kernels.py (PYTEST_ARGS="-n 12 -p xdist" with pytest-xdist wheels carried)
 #   sweep                  benchmarks/sweep_configs.py (SWEEP_DIMS, SWEEP_SEQLENS, SWEEP_ARGS)
 #   bench                  benchmarks/bench_attention.py (BENCH_ARGS)
-#   pytest:FILE            the gpu-marked tests of FILE, run files kept under $OUT/tmp_NAME
+#   pytest:FILE            the gpu-marked tests of FILE, run files kept under /tmp/fa2_tmp_NAME
 #   cmd:COMMAND            any command (EXTRA_TIMEOUT)
 set -uo pipefail
 OUT=${OUT:-out}
@@ -22,7 +22,7 @@ for step in "$@"; do
             | tail -n 80 | tee "$OUT/bench.log" ;;
         pytest:*) name=$(basename "${step#pytest:}" .py)
             timeout "${EXTRA_TIMEOUT:-240}" python -m pytest "${step#pytest:}" -m gpu -v -rfs -s \
-                --basetemp="$OUT/tmp_$name" 2>&1 | tee "$OUT/$name.log" | grep -E "PASSED|FAILED|SKIPPED|passed|failed|^\|" ;;
+                --basetemp="/tmp/fa2_tmp_$name" 2>&1 | tee "$OUT/$name.log" | grep -E "PASSED|FAILED|SKIPPED|passed|failed|^\|" ;;
         cmd:*) timeout "${EXTRA_TIMEOUT:-240}" bash -c "${step#cmd:}" 2>&1 | tail -n 60 | tee -a "$OUT/cmd.log" ;;
         *) echo "unknown step $step" ;;
     esac
