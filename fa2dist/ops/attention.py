@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 import triton
@@ -18,8 +19,8 @@ from fa2dist.ops.kernels.backward import (
     _attn_bwd_dq_kernel,
     _attn_bwd_preprocess_kernel,
 )
-from fa2dist.ops.kernels.forward import _attn_fwd_kernel
-from fa2dist.ops.reference import attention_reference
+from fa2dist.ops.kernels.forward import _attn_fwd_kernel, _dropout_mask_kernel
+from fa2dist.ops.reference import attention_reference, varlen_reference
 
 # Read once, as Triton does when it decorates the kernels: with it set, the kernels above are interpreted on CPU.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -142,37 +143,115 @@ def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs:
     _fitted[key] = tiles
 
 
+class Features(NamedTuple):
+    """What one attention call computes beyond softmax(scale * q k^T) v; hashable, so it keys the tile cache.
+
+    ``window_left``/``window_right`` are -1 where unbounded (causal sets ``window_right = 0``); ``softcap`` 0 and
+    ``dropout_p`` 0 are off; ``alibi`` says slopes are given; ``varlen`` that sequences are packed (layout "thd").
+    """
+
+    softmax_scale: float
+    window_left: int = -1
+    window_right: int = -1
+    softcap: float = 0.0
+    alibi: bool = False
+    dropout_p: float = 0.0
+    varlen: bool = False
+
+    def constexprs(self) -> dict:
+        return dict(
+            VARLEN=self.varlen, HAS_LEFT=self.window_left >= 0, HAS_RIGHT=self.window_right >= 0,
+            SOFTCAP=self.softcap > 0, ALIBI=self.alibi, DROPOUT=self.dropout_p > 0,
+        )
+
+    def scalars(self) -> tuple:
+        """sm_scale, cap_in, cap_out, dropout_p, dropout_scale: the kernels' float arguments."""
+        cap_in = self.softmax_scale / self.softcap if self.softcap > 0 else 0.0
+        cap_out = self.softcap * _LOG2E if self.softcap > 0 else 0.0
+        dropout_scale = 1.0 / (1.0 - self.dropout_p)
+        return self.softmax_scale, cap_in, cap_out, self.dropout_p, dropout_scale
+
+    def flags(self) -> tuple:
+        """The part of the features that changes the compiled kernel (for the tile cache)."""
+        return tuple(self.constexprs().values())
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _strides(t: torch.Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch, head, seq) strides in elements; "thd" (packed varlen) has no batch stride."""
+    if layout == "thd":
+        return 0, t.stride(1), t.stride(0)
+    return _bhsd_strides(t, layout)
+
+
+def _shape(q, k, layout, cu_q, max_q, max_k):
+    """batch, nheads, nheads_kv, seqlen_q, seqlen_k (the maxima for varlen), head_dim."""
+    if layout == "thd":
+        return cu_q.numel() - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2]
+    return _dims(q, k, layout)
+
+
+def _lse_strides(lse: torch.Tensor, layout: str) -> tuple[int, int]:
+    # Dense: (batch, nheads, seqlen_q). Varlen: (nheads, total_q), no batch stride (rows are offset by the starts).
+    return (0, lse.stride(0)) if layout == "thd" else (lse.stride(0), lse.stride(1))
+
+
+def _extras(q, cu_q, cu_k, alibi_slopes, seed):
+    """The optional pointer arguments (None where unused: Triton specialises them away) and the ALiBi batch stride."""
+    stride_az = alibi_slopes.stride(0) if alibi_slopes is not None and alibi_slopes.dim() == 2 else 0
+    return (cu_q, cu_k, alibi_slopes, seed), stride_az
+
+
+def new_seed(device: torch.device) -> torch.Tensor:
+    """A dropout seed drawn from torch's default generator of ``device`` (so ``torch.manual_seed`` fixes it), kept
+    on the device: no host synchronisation, and CUDA-graph safe."""
+    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
 def attn_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    causal: bool,
-    softmax_scale: float,
+    feats: Features,
     layout: str,
     config: KernelsConfig,
+    cu_q: torch.Tensor | None = None,
+    cu_k: torch.Tensor | None = None,
+    max_q: int = 0,
+    max_k: int = 0,
+    alibi_slopes: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the forward kernel. Returns (out like q, lse (batch, nheads, seqlen_q) fp32)."""
-    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _dims(q, k, layout)
+    """Run the forward kernel. Returns (out like q, lse fp32: (batch, nheads, seqlen_q), or (nheads, total_q) for
+    layout "thd")."""
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _shape(q, k, layout, cu_q, max_q, max_k)
     out = torch.empty_like(q)
-    lse = torch.empty((batch, nheads, seqlen_q), device=q.device, dtype=torch.float32)
-    if out.numel() == 0:
+    if layout == "thd":
+        lse = torch.empty((nheads, q.shape[0]), device=q.device, dtype=torch.float32)
+    else:
+        lse = torch.empty((batch, nheads, seqlen_q), device=q.device, dtype=torch.float32)
+    if out.numel() == 0 or batch == 0 or seqlen_q == 0:
         return out, lse
-    if seqlen_k == 0:
+    if k.numel() == 0 or seqlen_k == 0:
         out.zero_()
         lse.fill_(float("inf"))
         return out, lse
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
+    pointers, stride_az = _extras(q, cu_q, cu_k, alibi_slopes, seed)
     _launch(
-        _attn_fwd_kernel, (q.device, q.dtype, head_dim, causal), config.forward_for(head_dim),
+        _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags()), config.forward_for(head_dim),
         lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
         (
-            q, k, v, out, lse, softmax_scale,
-            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
-            *_bhsd_strides(out, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+            q, k, v, out, lse, *pointers, *feats.scalars(),
+            *_strides(q, layout), *_strides(k, layout), *_strides(v, layout), *_strides(out, layout),
+            *_lse_strides(lse, layout), stride_az,
+            nheads, nheads // nheads_kv, seqlen_q, seqlen_k, max(feats.window_left, 0), max(feats.window_right, 0),
         ),
-        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=_precision(q.dtype)),
+        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=_precision(q.dtype)),
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
     )
     return out, lse
@@ -185,18 +264,23 @@ def attn_bwd(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    causal: bool,
-    softmax_scale: float,
+    feats: Features,
     layout: str,
     config: KernelsConfig,
     deterministic: bool,
+    cu_q: torch.Tensor | None = None,
+    cu_k: torch.Tensor | None = None,
+    max_q: int = 0,
+    max_k: int = 0,
+    alibi_slopes: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the backward kernels in the given mode. Returns (dq, dk, dv) with the inputs' shapes and strides."""
-    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _dims(q, k, layout)
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _shape(q, k, layout, cu_q, max_q, max_k)
     do = _last_dim_contiguous(do)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    if q.numel() == 0 or k.numel() == 0:
+    if q.numel() == 0 or k.numel() == 0 or batch == 0 or seqlen_q == 0 or seqlen_k == 0:
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
     group = nheads // nheads_kv
     block_d = max(triton.next_power_of_2(head_dim), 16)
@@ -204,89 +288,130 @@ def attn_bwd(
     precision = _precision(q.dtype)
     bcfg = config.backward_for(head_dim, deterministic)
 
+    # delta = rowsum(O * dO) is laid out like the LSE; packed sequences are one long sequence to it.
     delta = torch.empty_like(lse)
     pre_block = 64
-    _attn_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, pre_block), batch * nheads)](
-        out, do, delta, *_bhsd_strides(out, layout), *_bhsd_strides(do, layout), nheads, seqlen_q,
+    pre_batch, pre_len = (1, q.shape[0]) if layout == "thd" else (batch, seqlen_q)
+    _attn_bwd_preprocess_kernel[(triton.cdiv(pre_len, pre_block), pre_batch * nheads)](
+        out, do, delta, *_strides(out, layout), *_strides(do, layout), nheads, pre_len,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
     if deterministic:
         dq = torch.empty_like(q)
         dq_acc = dq  # unused by the dK/dV kernel when ATOMIC_DQ is False
-        dq_strides = _bhsd_strides(dq, layout)
+        dq_strides = _strides(dq, layout)
     else:
-        dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
-        dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
+        if layout == "thd":
+            dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+            dq_strides = _strides(dq_acc, layout)
+        else:
+            dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
+            dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
-    key = (q.device, q.dtype, head_dim, causal, deterministic)
+    key = (q.device, q.dtype, head_dim, feats.flags(), deterministic)
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     dkdv_name = "dkdv" if deterministic else "dkdv_atomic"
+    pointers, stride_az = _extras(q, cu_q, cu_k, alibi_slopes, seed)
+    tail = (
+        *_lse_strides(lse, layout), stride_az,
+    )
+    windows = (max(feats.window_left, 0), max(feats.window_right, 0))
+    constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=precision)
     _launch(
         _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
         (
-            q, k, v, do, dk, dv, dq_acc, lse, delta, softmax_scale,
-            *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
-            *_bhsd_strides(do, layout), *_bhsd_strides(dk, layout), *_bhsd_strides(dv, layout), *dq_strides,
-            nheads_kv, group, seqlen_q, seqlen_k,
+            q, k, v, do, dk, dv, dq_acc, lse, delta, *pointers, *feats.scalars(),
+            *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
+            *_strides(do, layout), *_strides(dk, layout), *_strides(dv, layout), *dq_strides, *tail,
+            nheads_kv, group, seqlen_q, seqlen_k, *windows,
         ),
-        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, ATOMIC_DQ=not deterministic, UPCAST=upcast,
-             PRECISION=precision),
+        dict(constexprs, ATOMIC_DQ=not deterministic),
         prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
     )
     if deterministic:
         _launch(
             _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
             (
-                q, k, v, do, dq, lse, delta, softmax_scale,
-                *_bhsd_strides(q, layout), *_bhsd_strides(k, layout), *_bhsd_strides(v, layout),
-                *_bhsd_strides(do, layout), *dq_strides, nheads, group, seqlen_q, seqlen_k,
+                q, k, v, do, dq, lse, delta, *pointers, *feats.scalars(),
+                *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
+                *_strides(do, layout), *dq_strides, *tail, nheads, group, seqlen_q, seqlen_k, *windows,
             ),
-            dict(HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, UPCAST=upcast, PRECISION=precision),
+            constexprs,
             prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )
     else:
-        dq_acc = dq_acc if layout == "bhsd" else dq_acc.transpose(1, 2)
+        if layout == "bshd":
+            dq_acc = dq_acc.transpose(1, 2)
         dq = torch.empty_like(q)
         dq.copy_(dq_acc)
     return dq, dk, dv
 
 
+def _optional(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.numel() > 0 else None
+
+
 class FlashAttnFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale, layout, config, deterministic):
+    def forward(ctx, q, k, v, cu_q, cu_k, alibi_slopes, feats, max_q, max_k, layout, config, deterministic):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        out, lse = attn_fwd(q, k, v, causal, softmax_scale, layout, config)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.softmax_scale, ctx.layout = causal, softmax_scale, layout
+        seed = new_seed(q.device) if feats.dropout_p > 0 else None
+        extra = dict(cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k, alibi_slopes=alibi_slopes, seed=seed)
+        out, lse = attn_fwd(q, k, v, feats, layout, config, **extra)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi_slopes, seed)
+        ctx.feats, ctx.max_q, ctx.max_k, ctx.layout = feats, max_q, max_k, layout
         ctx.config, ctx.deterministic = config, deterministic
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, cu_q, cu_k, alibi_slopes, seed = ctx.saved_tensors
         dq, dk, dv = attn_bwd(
-            do, q, k, v, out, lse, ctx.causal, ctx.softmax_scale, ctx.layout, ctx.config, ctx.deterministic
+            do, q, k, v, out, lse, ctx.feats, ctx.layout, ctx.config, ctx.deterministic,
+            cu_q=cu_q, cu_k=cu_k, max_q=ctx.max_q, max_k=ctx.max_k, alibi_slopes=alibi_slopes, seed=seed,
         )
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, *([None] * 9)
 
 
 # torch.compile: the kernels run behind two custom ops (opaque to the compiler, with fake implementations that give
 # the outputs' shapes and strides), so `torch.compile(model, fullgraph=True)` traces attention without a graph break.
-# Eager calls keep the autograd.Function above.
+# The forward op draws the dropout seed itself (a device tensor, returned for the backward), so no Python-side
+# randomness enters the graph. Eager calls keep the autograd.Function above.
 @torch.library.custom_op("fa2dist::attn_fwd", mutates_args=())
 def _attn_fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float, layout: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    dropout_p: float,
+    layout: str,
     deterministic: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # `deterministic` only travels to the backward (through setup_context); the forward is the same in both modes.
-    return attn_fwd(q, k, v, causal, softmax_scale, layout, select_config(q.device))
+    feats = Features(softmax_scale, window_left, window_right, softcap, alibi_slopes is not None, dropout_p,
+                     layout == "thd")
+    seed = new_seed(q.device) if dropout_p > 0 else q.new_empty(0, dtype=torch.int64)
+    out, lse = attn_fwd(q, k, v, feats, layout, select_config(q.device), cu_q=cu_q, cu_k=cu_k, max_q=max_q,
+                        max_k=max_k, alibi_slopes=alibi_slopes, seed=_optional(seed))
+    return out, lse, seed
 
 
 @_attn_fwd_op.register_fake
-def _(q, k, v, causal, softmax_scale, layout, deterministic):
-    batch, nheads, _, seqlen_q, _, _ = _dims(q, k, layout)
-    return torch.empty_like(q), q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32)
+def _(q, k, v, cu_q, cu_k, alibi_slopes, max_q, max_k, softmax_scale, window_left, window_right, softcap, dropout_p,
+      layout, deterministic):
+    batch, nheads, _, seqlen_q, _, _ = _shape(q, k, layout, cu_q, max_q, max_k)
+    lse_shape = (nheads, q.shape[0]) if layout == "thd" else (batch, nheads, seqlen_q)
+    seed = q.new_empty(1 if dropout_p > 0 else 0, dtype=torch.int64)
+    return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32), seed
 
 
 @torch.library.custom_op("fa2dist::attn_bwd", mutates_args=())
@@ -297,31 +422,43 @@ def _attn_bwd_op(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    causal: bool,
+    seed: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
     softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    dropout_p: float,
     layout: str,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attn_bwd(do, q, k, v, out, lse, causal, softmax_scale, layout, select_config(q.device), deterministic)
+    feats = Features(softmax_scale, window_left, window_right, softcap, alibi_slopes is not None, dropout_p,
+                     layout == "thd")
+    return attn_bwd(do, q, k, v, out, lse, feats, layout, select_config(q.device), deterministic, cu_q=cu_q,
+                    cu_k=cu_k, max_q=max_q, max_k=max_k, alibi_slopes=alibi_slopes, seed=_optional(seed))
 
 
 @_attn_bwd_op.register_fake
-def _(do, q, k, v, out, lse, causal, softmax_scale, layout, deterministic):
+def _(do, q, k, v, out, lse, seed, cu_q, cu_k, alibi_slopes, max_q, max_k, softmax_scale, window_left,
+      window_right, softcap, dropout_p, layout, deterministic):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _op_setup_context(ctx, inputs, output):
-    q, k, v, causal, softmax_scale, layout, deterministic = inputs
-    ctx.save_for_backward(q, k, v, *output)
-    ctx.causal, ctx.softmax_scale, ctx.layout, ctx.deterministic = causal, softmax_scale, layout, deterministic
+    q, k, v, cu_q, cu_k, alibi_slopes, *rest = inputs
+    out, lse, seed = output
+    ctx.save_for_backward(q, k, v, out, lse, seed, cu_q, cu_k, alibi_slopes)
+    ctx.rest = rest
 
 
-def _op_backward(ctx, do, _dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _attn_bwd_op(
-        _last_dim_contiguous(do), q, k, v, out, lse, ctx.causal, ctx.softmax_scale, ctx.layout, ctx.deterministic
-    )
-    return dq, dk, dv, None, None, None, None
+def _op_backward(ctx, do, _dlse, _dseed):
+    q, k, v, out, lse, seed, cu_q, cu_k, alibi_slopes = ctx.saved_tensors
+    dq, dk, dv = _attn_bwd_op(_last_dim_contiguous(do), q, k, v, out, lse, seed, cu_q, cu_k, alibi_slopes, *ctx.rest)
+    return dq, dk, dv, *([None] * 12)
 
 
 _attn_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
@@ -339,6 +476,76 @@ def uses_kernels(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and INTERPRET)
 
 
+def _check_features(
+    q: torch.Tensor, batch: int, nheads: int, window_size, softcap, alibi_slopes, dropout_p, causal, softmax_scale,
+    deterministic,
+) -> tuple[float, int, int]:
+    """Validate the feature arguments; returns (softmax_scale, window_left, window_right)."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal={causal!r}` must be True or False.")
+    head_dim = q.shape[-1]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
+    elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(
+        softmax_scale
+    ):
+        raise TypeError(f"`softmax_scale={softmax_scale!r}` must be a finite float or None (1/sqrt(headdim)).")
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"`deterministic={deterministic!r}` must be True, False or None (the global switch decides).")
+    if (
+        not isinstance(window_size, (tuple, list))
+        or len(window_size) != 2
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window_size)
+    ):
+        raise ValueError(
+            f"`window_size={window_size!r}` must be a pair (left, right) of ints >= 0, or -1 for an unbounded side; "
+            "(-1, -1) is full attention."
+        )
+    left, right = window_size
+    if causal:
+        right = 0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not (softcap >= 0 and math.isfinite(softcap)):
+        raise ValueError(f"`softcap={softcap!r}` must be a finite float >= 0 (0 turns it off; Gemma 2 uses 50.0).")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"`dropout_p={dropout_p!r}` must be a float in [0, 1); pass 0.0 in evaluation.")
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, torch.Tensor):
+            raise TypeError(f"`alibi_slopes` must be a torch.Tensor or None, got {type(alibi_slopes).__name__}.")
+        if alibi_slopes.dtype != torch.float32:
+            raise TypeError(
+                f"`alibi_slopes` must be float32, got {alibi_slopes.dtype}; use `alibi_slopes.float()`."
+            )
+        if alibi_slopes.shape not in ((nheads,), (batch, nheads)):
+            raise ValueError(
+                f"`alibi_slopes` must have shape (nheads,) = ({nheads},) or (batch, nheads) = ({batch}, {nheads}), "
+                f"got {tuple(alibi_slopes.shape)}."
+            )
+        if alibi_slopes.device != q.device:
+            raise ValueError(f"`alibi_slopes` is on {alibi_slopes.device}, q on {q.device}; move it to q's device.")
+    return float(softmax_scale), left, right
+
+
+def _run(q, k, v, feats, layout, deterministic, config, cu_q=None, cu_k=None, max_q=0, max_k=0, alibi_slopes=None):
+    """Dispatch to the compiled op, the autograd Function over the kernels, or (returns None) the PyTorch path."""
+    if alibi_slopes is not None:
+        alibi_slopes = _last_dim_contiguous(alibi_slopes)
+    if torch.compiler.is_compiling() and uses_kernels(q.device) and config is None:
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        out, lse, _ = _attn_fwd_op(
+            q, k, v, cu_q, cu_k, alibi_slopes, max_q, max_k, feats.softmax_scale, feats.window_left,
+            feats.window_right, feats.softcap, feats.dropout_p, layout, _compiled_mode(deterministic),
+        )
+        return out, lse
+    if uses_kernels(q.device):
+        mode, _ = resolve_deterministic(deterministic)
+        cfg = select_config(q.device, config)  # refuses GPUs older than Turing with a clear message
+        head_dim = q.shape[-1]
+        if head_dim > cfg.max_headdim:
+            raise ValueError(f"head dim {head_dim} exceeds the {cfg.family} config's max_headdim={cfg.max_headdim}.")
+        return FlashAttnFunction.apply(q, k, v, cu_q, cu_k, alibi_slopes, feats, max_q, max_k, layout, cfg, mode)
+    return None
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -346,12 +553,18 @@ def flash_attention(
     *,
     causal: bool = False,
     softmax_scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
     deterministic: bool | None = None,
     layout: str = "bshd",
     return_lse: bool = False,
     config: KernelsConfig | dict | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """FlashAttention-2: ``softmax(softmax_scale * q @ k^T [+ causal mask]) @ v`` without materialising the scores.
+    """FlashAttention-2: ``softmax(scores) @ v`` without materialising the scores.
+
+    ``scores = softmax_scale * q @ k^T``, then the softcap, then ALiBi, then the causal/window mask.
 
     Args:
         q: (batch, seqlen_q, nheads, headdim) for ``layout="bshd"`` (flash-attn's layout, the default), or
@@ -362,44 +575,145 @@ def flash_attention(
         causal: causal mask aligned to the bottom-right corner (flash-attn >= 2.1): query i sees key j iff
             ``j <= i + seqlen_k - seqlen_q``; rows that see no key return 0.
         softmax_scale: defaults to 1/sqrt(headdim).
+        window_size: (left, right) sliding-window (local) attention: query i sees keys j with
+            ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right``; -1 leaves a side unbounded.
+            With ``causal=True`` the right side is 0. Key blocks outside every row's window are skipped.
+        softcap: if > 0, ``scores = softcap * tanh(scores / softcap)`` (Gemma 2's logit softcapping).
+        alibi_slopes: float32 (nheads,) or (batch, nheads): adds ``-slope * |i + seqlen_k - seqlen_q - j|``.
+        dropout_p: dropout on the attention weights (training only: pass 0.0 in evaluation). The mask comes from a
+            seed drawn from torch's generator on q's device (``torch.manual_seed`` fixes it) and is regenerated
+            exactly in the backward.
         deterministic: backward mode. True: bitwise reproducible, no atomics. False: sequence-parallel, atomic dQ
             accumulation, faster. None (default): the global switch decides (see ``fa2dist.set_deterministic``).
         layout: "bshd" or "bhsd", as above.
-        return_lse: also return the log-sum-exp of each row, (batch, nheads, seqlen_q) float32 (natural log; +inf for
-            rows that see no key).
+        return_lse: also return the log-sum-exp of each row, (batch, nheads, seqlen_q) float32 (natural log of the
+            scores before dropout; +inf for rows that see no key).
         config: a ``KernelsConfig`` (or ``{(major, minor): config}`` dict) that replaces the device's own for this call.
 
     Dtypes: float16 and bfloat16 run natively with fp32 accumulation; float32 is multiplied in IEEE fp32 unless
     ``torch.backends.cuda.matmul.allow_tf32`` is True, then in TF32. The output has the inputs' dtype.
     On the CPU the same Triton kernels run in Triton's interpreter when ``TRITON_INTERPRET=1``; otherwise a PyTorch
-    implementation with identical semantics (fp32 arithmetic) runs, so models using fa2dist train anywhere.
+    implementation with identical semantics (fp32 arithmetic; its dropout masks come from torch's CPU generator)
+    runs, so models using fa2dist train anywhere.
     """
     _check_inputs(q, k, v, layout)
-    if not isinstance(causal, bool):
-        raise TypeError(f"`causal={causal!r}` must be True or False.")
-    head_dim = q.shape[-1]
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
-    elif not isinstance(softmax_scale, (int, float)) or not math.isfinite(softmax_scale):
-        raise TypeError(f"`softmax_scale={softmax_scale!r}` must be a finite float or None (1/sqrt(headdim)).")
-    if deterministic is not None and not isinstance(deterministic, bool):
-        raise TypeError(f"`deterministic={deterministic!r}` must be True, False or None (the global switch decides).")
-    if torch.compiler.is_compiling() and uses_kernels(q.device) and config is None:
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        out, lse = _attn_fwd_op(q, k, v, causal, float(softmax_scale), layout, _compiled_mode(deterministic))
-        return (out, lse) if return_lse else out
-    if uses_kernels(q.device):
-        mode, _ = resolve_deterministic(deterministic)
-        cfg = select_config(q.device, config)  # refuses GPUs older than Turing with a clear message
-        if head_dim > cfg.max_headdim:
-            raise ValueError(
-                f"head dim {head_dim} exceeds the {cfg.family} config's max_headdim={cfg.max_headdim}."
-            )
-        out, lse = FlashAttnFunction.apply(q, k, v, causal, float(softmax_scale), layout, cfg, mode)
-    else:
+    batch, nheads = (q.shape[0], q.shape[2] if layout == "bshd" else q.shape[1])
+    scale, left, right = _check_features(
+        q, batch, nheads, window_size, softcap, alibi_slopes, dropout_p, causal, softmax_scale, deterministic
+    )
+    feats = Features(scale, left, right, float(softcap), alibi_slopes is not None, float(dropout_p))
+    result = _run(q, k, v, feats, layout, deterministic, config, alibi_slopes=alibi_slopes)
+    if result is None:
         # The PyTorch path has one backward (autograd's, deterministic on the CPU): no mode to resolve.
         qh, kh, vh = (t if layout == "bhsd" else t.transpose(1, 2) for t in (q, k, v))
-        out, lse = attention_reference(qh, kh, vh, causal=causal, softmax_scale=float(softmax_scale))
-        if layout == "bshd":
-            out = out.transpose(1, 2)
+        out, lse = attention_reference(
+            qh, kh, vh, softmax_scale=scale, window_size=(left, right), softcap=float(softcap),
+            alibi_slopes=alibi_slopes, dropout_p=float(dropout_p),
+        )
+        result = (out.transpose(1, 2) if layout == "bshd" else out), lse
+    out, lse = result
     return (out, lse) if return_lse else out
+
+
+def _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> int:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
+        if t.dim() != 3:
+            raise ValueError(
+                f"`{name}` must be 3-D (total_tokens, nheads, headdim) with the sequences packed along the first "
+                f"axis, got shape {tuple(t.shape)}. For padded (batch, seqlen, ...) inputs use "
+                "fa2dist.flash_attention, or FlashAttention(...)(q, k, v, key_padding_mask=...)."
+            )
+    # The 4-D checks (dtypes, devices, GQA, head dims) apply to a batch of one.
+    _check_inputs(q[None], k[None], v[None], "bshd")
+    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+        if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 1:
+            raise TypeError(
+                f"`{name}` must be a 1-D int32 tensor of batch + 1 cumulative lengths starting at 0, e.g. "
+                "`F.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))`."
+            )
+        if cu.device != q.device:
+            raise ValueError(f"`{name}` is on {cu.device}, q on {q.device}; move it to q's device.")
+        if cu.device.type == "cpu":  # checking on a GPU would synchronise with the host
+            if int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) > total:
+                raise ValueError(
+                    f"`{name}` must start at 0, never decrease, and end at most at the {total} packed tokens; "
+                    f"got {cu.tolist()}."
+                )
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(
+            f"`cu_seqlens_q` and `cu_seqlens_k` must describe the same number of sequences, got "
+            f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}."
+        )
+    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise TypeError(f"`{name}={m!r}` must be an int >= 0: the longest sequence's length.")
+    return cu_seqlens_q.numel() - 1
+
+
+def flash_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    deterministic: bool | None = None,
+    return_lse: bool = False,
+    config: KernelsConfig | dict | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention over variable-length sequences packed along one token axis (no padding), as flash-attn's
+    ``flash_attn_varlen_func``.
+
+    Args:
+        q: (total_q, nheads, headdim): sequence b is ``q[cu_seqlens_q[b]:cu_seqlens_q[b + 1]]``.
+        k, v: (total_k, nheads_kv, headdim), split by ``cu_seqlens_k``.
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) cumulative lengths starting at 0, on q's device.
+        max_seqlen_q, max_seqlen_k: the longest sequence's length (Python ints: they size the grid; a smaller value
+            leaves the tail of longer sequences uncomputed, as in flash-attn).
+        Other arguments as in :func:`flash_attention`; masks, ALiBi positions and dropout coordinates are relative
+        to each sequence (bottom-right aligned per sequence). A sequence of length 0 contributes nothing.
+
+    Returns:
+        out (total_q, nheads, headdim), and with ``return_lse`` the LSE as (nheads, total_q) float32.
+    """
+    batch = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    scale, left, right = _check_features(
+        q, batch, q.shape[1], window_size, softcap, alibi_slopes, dropout_p, causal, softmax_scale, deterministic
+    )
+    feats = Features(scale, left, right, float(softcap), alibi_slopes is not None, float(dropout_p), True)
+    result = _run(q, k, v, feats, "thd", deterministic, config, cu_q=cu_seqlens_q, cu_k=cu_seqlens_k,
+                  max_q=max_seqlen_q, max_k=max_seqlen_k, alibi_slopes=alibi_slopes)
+    if result is None:
+        result = varlen_reference(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=scale, window_size=(left, right),
+            softcap=float(softcap), alibi_slopes=alibi_slopes, dropout_p=float(dropout_p),
+        )
+        if result[0].shape[0] != q.shape[0]:  # tokens past cu_seqlens[-1] are not attended to: output 0
+            out = q.new_zeros(q.shape)
+            out[: result[0].shape[0]] = result[0]
+            lse = q.new_full((q.shape[1], q.shape[0]), float("inf"), dtype=torch.float32)
+            lse[:, : result[1].shape[1]] = result[1]
+            result = out, lse
+    out, lse = result
+    return (out, lse) if return_lse else out
+
+
+def dropout_mask(seed: torch.Tensor, batch: int, nheads: int, seqlen_q: int, seqlen_k: int, dropout_p: float):
+    """The kernels' dropout keep mask for ``seed`` as a bool (batch, nheads, seqlen_q, seqlen_k) tensor on seed's
+    device (a pure function of the seed and the coordinates: for tests and debugging; needs the kernels)."""
+    mask = torch.empty((batch, nheads, seqlen_q, seqlen_k), device=seed.device, dtype=torch.int8)
+    block = 32
+    _dropout_mask_kernel[(triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block), batch * nheads)](
+        seed, mask, nheads, seqlen_q, seqlen_k, float(dropout_p), BLOCK_M=block, BLOCK_N=block
+    )
+    return mask.bool()

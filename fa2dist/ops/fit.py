@@ -226,19 +226,27 @@ def kernel_source(
         constexprs.update(
             BLOCK_M=block.block_m,
             BLOCK_N=block.block_n,
-            IS_CAUSAL=causal,
+            VARLEN=False,
+            HAS_LEFT=False,
+            HAS_RIGHT=causal,
+            SOFTCAP=False,
+            ALIBI=False,
+            DROPOUT=False,
             UPCAST=False,
             PRECISION="ieee" if dtype == torch.float32 else "tf32",
         )
         pointers = {"Q": ty, "K": ty, "V": ty, "LSE": "fp32", "DELTA": "fp32"}
         if kernel == "forward":
-            constexprs.update(EVEN_M=aligned, EVEN_N=aligned, EVEN_D=head_dim == block_d)
+            constexprs.update(EVEN_M=aligned, EVEN_D=head_dim == block_d)
             pointers.update(O=ty)
         elif kernel in ("dkdv", "dkdv_atomic"):
             constexprs["ATOMIC_DQ"] = kernel == "dkdv_atomic"
             pointers.update(DO=ty, DK=ty, DV=ty, DQ="fp32" if kernel == "dkdv_atomic" else ty)
         else:
             pointers.update(DO=ty, DQ=ty)
+    if kernel != "preprocess":
+        # Pointers of features this compile leaves out (variable length, ALiBi, dropout) are passed as None.
+        constexprs.update(CU_Q=None, CU_K=None, ALIBI_SLOPES=None, SEED=None)
     if aligned and "GROUP" in fn.arg_names:
         constexprs["GROUP"] = 1  # Triton specialises an int argument equal to 1 into a constant
     signature, attrs = {}, {}
@@ -249,7 +257,7 @@ def kernel_source(
         elif name in pointers:
             signature[name] = "*" + pointers[name]
             attrs[(i,)] = divisible  # PyTorch allocations are 16-byte aligned
-        elif name == "sm_scale":
+        elif name in ("sm_scale", "cap_in", "cap_out", "dropout_p", "dropout_scale"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"

@@ -6,14 +6,16 @@ Two modes share the dK/dV kernel:
 - sequence-parallel: ``_attn_bwd_dkdv_kernel`` with ATOMIC_DQ=True accumulates dQ in fp32 with atomics from every
   key block: two fewer matmuls per tile pair, but the summation order (and so the rounding) depends on scheduling.
 
-Ragged tails need no masks here: out-of-range K/V/Q/dO rows load as 0 and out-of-range LSE as +inf, which makes their
-P and dS exactly 0. Only the causal diagonal is masked.
+Features (window, softcap, ALiBi, dropout, variable length) are the forward's, with the same constexpr flags and the
+same helpers, so the backward recomputes exactly the forward's scores and dropout mask. Out-of-range query rows
+load as 0 with LSE +inf, which makes their P and dS exactly 0; out-of-range keys load as 0 and are masked wherever
+they could reach a stored value.
 """
 
 import triton
 import triton.language as tl
 
-from fa2dist.ops.kernels.forward import LOG2E, _dot
+from fa2dist.ops.kernels.forward import LOG2E, _dot, _dropout_keep, _key_ranges, _scores, _visible
 
 
 @triton.jit
@@ -24,7 +26,7 @@ def _attn_bwd_preprocess_kernel(
     H, N_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """delta = rowsum(O * dO) in fp32. Grid: (cdiv(N_Q, BLOCK_M), batch * H)."""
+    """delta = rowsum(O * dO) in fp32, laid out (batch, H, N_Q). Grid: (cdiv(N_Q, BLOCK_M), batch * H)."""
     start_m = tl.program_id(0)
     off_zh = tl.program_id(1)
     off_z = off_zh // H
@@ -33,9 +35,9 @@ def _attn_bwd_preprocess_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
     o = tl.load(O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_om + offs_d[None, :], mask=mask, other=0.0)
+                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :], mask=mask, other=0.0)
     do = tl.load(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=mask, other=0.0)
+                 + offs_m[:, None].to(tl.int64) * stride_dom + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + off_zh.to(tl.int64) * N_Q + offs_m, delta, mask=offs_m < N_Q)
 
@@ -44,15 +46,17 @@ def _attn_bwd_preprocess_kernel(
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v,
     q_ptrs, do_ptrs, dq_ptrs, LSE, DELTA, stride_qm, stride_dom, stride_dqm,
-    offs_m, offs_n, offs_d, lo, hi, N_Q, diag, qk_scale, sm_scale,
+    offs_m, offs_n, offs_d, lo, hi, N_Q, N_K, diag, qk_scale, sm_scale,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    q_ptrs += lo * stride_qm
-    do_ptrs += lo * stride_dom
+    q_ptrs += lo.to(tl.int64) * stride_qm
+    do_ptrs += lo.to(tl.int64) * stride_dom
     if ATOMIC_DQ:
-        dq_ptrs += lo * stride_dqm
+        dq_ptrs += lo.to(tl.int64) * stride_dqm
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
@@ -63,15 +67,26 @@ def _attn_bwd_dkdv_inner(
         lse = tl.load(LSE + rows, mask=row_mask, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + rows, mask=row_mask, other=0.0)
         # Transposed tiles (keys along rows) so dK and dV accumulate without a transpose of the accumulators.
-        qkT = _dot(k, tl.trans(q), UPCAST, PRECISION)
-        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        sT, tT = _scores(_dot(k, tl.trans(q), UPCAST, PRECISION), rows[None, :], offs_n[:, None], diag, qk_scale,
+                         cap_in, cap_out, alibi, SOFTCAP, ALIBI)
+        pT = tl.math.exp2(sT - lse[None, :])
         if MASKED:
-            pT = tl.where(offs_n[:, None] <= rows[None, :] + diag, pT, 0.0)
-        dv = _dot(pT.to(do.dtype), do, UPCAST, PRECISION, dv)
+            pT = tl.where(_visible(rows[None, :], offs_n[:, None], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
+                          pT, 0.0)
         dpT = _dot(v, tl.trans(do), UPCAST, PRECISION)
+        if DROPOUT:
+            keepT = _dropout_keep(seed, bh, rows[None, :], offs_n[:, None], dropout_p)
+            dv = _dot(tl.where(keepT, pT * dropout_scale, 0.0).to(do.dtype), do, UPCAST, PRECISION, dv)
+            dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
+        else:
+            dv = _dot(pT.to(do.dtype), do, UPCAST, PRECISION, dv)
         dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT *= 1.0 - tT * tT
         dk = _dot(dsT.to(q.dtype), q, UPCAST, PRECISION, dk)
         if ATOMIC_DQ:
+            # Keys past the end load as 0, but their P may be inf (no mask above outside MASKED); 0 * inf is NaN.
+            dsT = tl.where(offs_n[:, None] < N_K, dsT, 0.0)
             dq = _dot(tl.trans(dsT.to(k.dtype)), k, UPCAST, PRECISION) * sm_scale
             tl.atomic_add(dq_ptrs, dq, mask=qd_mask, sem="relaxed")
             dq_ptrs += BLOCK_M * stride_dqm
@@ -81,8 +96,31 @@ def _attn_bwd_dkdv_inner(
 
 
 @triton.jit
+def _query_ranges(n0, N_Q, diag, win_l, win_r, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Query ranges for keys [n0, n0 + BLOCK_N): masked [lo, a), unmasked [a, b), masked [b, hi)."""
+    if HAS_RIGHT:
+        lo = (tl.maximum(n0 - diag - win_r, 0) // BLOCK_M) * BLOCK_M
+        a = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag - win_r, 0), BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        a = 0
+    if HAS_LEFT:
+        hi = tl.minimum(tl.maximum(n0 + BLOCK_N - diag + win_l, 0), N_Q)
+        b = (tl.maximum(n0 - diag + win_l + 1, 0) // BLOCK_M) * BLOCK_M
+    else:
+        hi = N_Q
+        b = N_Q
+    lo = tl.minimum(lo, hi)
+    a = tl.minimum(tl.maximum(a, lo), hi)
+    b = tl.minimum(tl.maximum(b, a), hi)
+    return lo, a, b, hi
+
+
+@triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, DQ, LSE, DELTA, sm_scale,
+    Q, K, V, DO, DK, DV, DQ, LSE, DELTA, CU_Q, CU_K, ALIBI_SLOPES, SEED,
+    sm_scale, cap_in, cap_out, dropout_p, dropout_scale,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -90,14 +128,18 @@ def _attn_bwd_dkdv_kernel(
     stride_dkz, stride_dkh, stride_dkn,
     stride_dvz, stride_dvh, stride_dvn,
     stride_dqz, stride_dqh, stride_dqm,
-    H_KV, GROUP, N_Q, N_K,
+    stride_lz, stride_lh, stride_az,
+    H_KV, GROUP, N_Q, N_K, win_l, win_r,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK and dV for one key block of one key/value head, summed over its GROUP query heads in a fixed order.
 
-    Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). Constexprs as in the forward kernel, plus ATOMIC_DQ
+    Grid: (cdiv(max seqlen_k, BLOCK_N), batch * H_KV). Constexprs as in the forward kernel, plus ATOMIC_DQ
     (sequence-parallel mode: also add this block's dQ contribution into the fp32 DQ buffer with atomics).
+    LSE and DELTA share the strides (stride_lz, stride_lh, 1).
     """
     start_n = tl.program_id(0) * BLOCK_N
     off_zh = tl.program_id(1)
@@ -105,58 +147,79 @@ def _attn_bwd_dkdv_kernel(
     off_hk = off_zh % H_KV
     H = H_KV * GROUP
 
+    if VARLEN:
+        q_start = tl.load(CU_Q + off_z)
+        N_Q = tl.load(CU_Q + off_z + 1) - q_start
+        k_start = tl.load(CU_K + off_z)
+        N_K = tl.load(CU_K + off_z + 1) - k_start
+        if start_n >= N_K:
+            return
+    else:
+        q_start = 0
+        k_start = 0
+
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     kv_mask = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
+    kv_rows = (k_start + offs_n[:, None]).to(tl.int64)
     k = tl.load(K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+                + kv_rows * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+                + kv_rows * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
 
     diag = N_K - N_Q
-    if IS_CAUSAL:
-        # Rows that see at least the block's first key, and rows from which on they see all of its keys.
-        lo = (tl.maximum(start_n - diag, 0) // BLOCK_M) * BLOCK_M
-        hi_mask = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - diag, 0), N_Q)
-        hi_mask = tl.cdiv(hi_mask, BLOCK_M) * BLOCK_M
-        lo_full = tl.maximum(lo, hi_mask)
-    else:
-        lo = 0
-        hi_mask = 0
-        lo_full = 0
+    lo, a, b, hi = _query_ranges(start_n, N_Q, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    q_rows = (q_start + offs_m[:, None]).to(tl.int64)
 
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g
-        off_q = off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-        q_ptrs = Q + off_q + offs_m[:, None] * stride_qm + offs_d[None, :]
+        bh = off_z * H + off_h
+        alibi = 0.0
+        if ALIBI:
+            alibi = tl.load(ALIBI_SLOPES + off_z * stride_az + off_h).to(tl.float32) * LOG2E
+        q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
+            + q_rows * stride_qm + offs_d[None, :]
         do_ptrs = DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh \
-            + offs_m[:, None] * stride_dom + offs_d[None, :]
+            + q_rows * stride_dom + offs_d[None, :]
         dq_ptrs = DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh \
-            + offs_m[:, None] * stride_dqm + offs_d[None, :]
-        lse_ptr = LSE + (off_z * H + off_h).to(tl.int64) * N_Q
-        delta_ptr = DELTA + (off_z * H + off_h).to(tl.int64) * N_Q
-        if IS_CAUSAL:
+            + q_rows * stride_dqm + offs_d[None, :]
+        row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
+        lse_ptr = LSE + row_offset
+        delta_ptr = DELTA + row_offset
+        if HAS_RIGHT:
             dk, dv = _attn_bwd_dkdv_inner(
                 dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
-                offs_m, offs_n, offs_d, lo, hi_mask, N_Q, diag, qk_scale, sm_scale,
-                HEAD_DIM, BLOCK_M, True, EVEN_D, ATOMIC_DQ, UPCAST, PRECISION,
+                offs_m, offs_n, offs_d, lo, a, N_Q, N_K, diag, qk_scale, sm_scale,
+                cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
+                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
             )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
-            offs_m, offs_n, offs_d, lo_full, N_Q, N_Q, diag, qk_scale, sm_scale,
-            HEAD_DIM, BLOCK_M, False, EVEN_D, ATOMIC_DQ, UPCAST, PRECISION,
+            offs_m, offs_n, offs_d, a, b, N_Q, N_K, diag, qk_scale, sm_scale,
+            cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
+            HEAD_DIM, BLOCK_M, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
         )
+        if HAS_LEFT:
+            dk, dv = _attn_bwd_dkdv_inner(
+                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+                offs_m, offs_n, offs_d, b, hi, N_Q, N_K, diag, qk_scale, sm_scale,
+                cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
+                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
+            )
 
+    # d(score)/d(q.k) is the softmax scale, times 1 - tanh^2 with a softcap (that factor is already in dS).
     dk *= sm_scale
     dk_ptrs = DK + off_z.to(tl.int64) * stride_dkz + off_hk.to(tl.int64) * stride_dkh \
-        + offs_n[:, None] * stride_dkn + offs_d[None, :]
+        + kv_rows * stride_dkn + offs_d[None, :]
     dv_ptrs = DV + off_z.to(tl.int64) * stride_dvz + off_hk.to(tl.int64) * stride_dvh \
-        + offs_n[:, None] * stride_dvn + offs_d[None, :]
+        + kv_rows * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -166,23 +229,36 @@ def _attn_bwd_dq_inner(
     dq, q, do, lse, delta,
     k_ptrs, v_ptrs, stride_kn, stride_vn,
     offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
+    k_ptrs += lo.to(tl.int64) * stride_kn
+    v_ptrs += lo.to(tl.int64) * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        kv_mask = (cols[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
+        if MASKED:
+            kv_mask = (cols[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
+        else:
+            kv_mask = offs_d[None, :] < HEAD_DIM
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        qk = _dot(q, tl.trans(k), UPCAST, PRECISION)
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        s, t = _scores(_dot(q, tl.trans(k), UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
+                       cap_in, cap_out, alibi, SOFTCAP, ALIBI)
+        p = tl.math.exp2(s - lse[:, None])
         if MASKED:
-            p = tl.where(cols[None, :] <= offs_m[:, None] + diag, p, 0.0)
+            p = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
+                         p, 0.0)
         dp = _dot(do, tl.trans(v), UPCAST, PRECISION)
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds *= 1.0 - t * t
         dq = _dot(ds.to(k.dtype), k, UPCAST, PRECISION, dq)
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -191,61 +267,86 @@ def _attn_bwd_dq_inner(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
+    Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, ALIBI_SLOPES, SEED,
+    sm_scale, cap_in, cap_out, dropout_p, dropout_scale,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
     stride_doz, stride_doh, stride_dom,
     stride_dqz, stride_dqh, stride_dqm,
-    H, GROUP, N_Q, N_K,
+    stride_lz, stride_lh, stride_az,
+    H, GROUP, N_Q, N_K, win_l, win_r,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(N_Q, BLOCK_M), batch * H)."""
+    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H)."""
     start_m = tl.program_id(0) * BLOCK_M
     off_zh = tl.program_id(1)
     off_z = off_zh // H
     off_h = off_zh % H
     off_hk = off_h // GROUP
 
+    if VARLEN:
+        q_start = tl.load(CU_Q + off_z)
+        N_Q = tl.load(CU_Q + off_z + 1) - q_start
+        k_start = tl.load(CU_K + off_z)
+        N_K = tl.load(CU_K + off_z + 1) - k_start
+        if start_m >= N_Q:
+            return
+    else:
+        q_start = 0
+        k_start = 0
+
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = offs_m < N_Q
     qd_mask = row_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q_rows = (q_start + offs_m[:, None]).to(tl.int64)
     q = tl.load(Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=qd_mask, other=0.0)
+                + q_rows * stride_qm + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
-    lse = tl.load(LSE + off_zh.to(tl.int64) * N_Q + offs_m, mask=row_mask, other=float("inf")) * LOG2E
-    delta = tl.load(DELTA + off_zh.to(tl.int64) * N_Q + offs_m, mask=row_mask, other=0.0)
+                 + q_rows * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
+    row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
+    lse = tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf")) * LOG2E
+    delta = tl.load(DELTA + row_offset + offs_m, mask=row_mask, other=0.0)
+    kv_rows = (k_start + offs_n[:, None]).to(tl.int64)
     k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + offs_n[:, None] * stride_kn + offs_d[None, :]
+        + kv_rows * stride_kn + offs_d[None, :]
     v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + offs_n[:, None] * stride_vn + offs_d[None, :]
+        + kv_rows * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
+    alibi = 0.0
+    if ALIBI:
+        alibi = tl.load(ALIBI_SLOPES + off_z * stride_az + off_h).to(tl.float32) * LOG2E
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
 
     diag = N_K - N_Q
-    if IS_CAUSAL:
-        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), N_K)
-        lo_mask = tl.minimum((tl.maximum(start_m + diag + 1, 0) // BLOCK_N) * BLOCK_N, hi)
+    lo, a, b, hi = _key_ranges(start_m, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    if HAS_LEFT:
         dq = _attn_bwd_dq_inner(
             dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-            offs_m, offs_n, offs_d, 0, lo_mask, N_K, diag, qk_scale,
-            HEAD_DIM, BLOCK_N, False, UPCAST, PRECISION,
+            offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale,
+            cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
+            HEAD_DIM, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
         )
-        dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-            offs_m, offs_n, offs_d, lo_mask, hi, N_K, diag, qk_scale,
-            HEAD_DIM, BLOCK_N, True, UPCAST, PRECISION,
-        )
-    else:
-        dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-            offs_m, offs_n, offs_d, 0, N_K, N_K, diag, qk_scale,
-            HEAD_DIM, BLOCK_N, False, UPCAST, PRECISION,
-        )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale,
+        cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
+        HEAD_DIM, BLOCK_N, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale,
+        cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
+        HEAD_DIM, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+    )
     dq *= sm_scale
     tl.store(DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh
-             + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)
+             + q_rows * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)

@@ -1,7 +1,8 @@
 """FlashAttention-2 forward kernel (portable path: interpreter, Turing, Ampere, Ada, Hopper, Blackwell).
 
-Causal alignment follows flash-attn >= 2.1: the mask is aligned to the bottom-right corner, so query row ``i``
-sees key ``j`` iff ``j <= i + (seqlen_k - seqlen_q)``. For seqlen_q=5, seqlen_k=3 (rows i, columns j; diag=-2)::
+Masks follow flash-attn >= 2.1 and are aligned to the bottom-right corner: with ``diag = seqlen_k - seqlen_q``,
+query row ``i`` sees key ``j`` iff ``i + diag - left <= j <= i + diag + right``, where a causal mask is ``right = 0``
+and a missing bound (window size -1) is infinite. For causal, seqlen_q=5, seqlen_k=3 (rows i, columns j; diag=-2)::
 
     . . .      rows 0-1 see no key: output 0, lse +inf (as flash-attn)
     . . .
@@ -9,10 +10,16 @@ sees key ``j`` iff ``j <= i + (seqlen_k - seqlen_q)``. For seqlen_q=5, seqlen_k=
     1 1 .
     1 1 1
 
-and for seqlen_q=2, seqlen_k=5 (diag=+3)::
+Features are constexpr-specialised: a call that uses no window, softcap, ALiBi, dropout or variable lengths
+compiles to the dense kernel with none of their code.
 
-    1 1 1 1 .
-    1 1 1 1 1
+- Variable length (VARLEN): sequences packed along one token axis; ``CU_Q``/``CU_K`` hold the cumulative lengths
+  (int32, batch + 1) and each program reads its sequence's start and length from them.
+- Softcap: ``score = softcap * tanh(scale * q.k / softcap)`` (Gemma 2), before ALiBi and the masks.
+- ALiBi: ``score += -slope * |i + diag - j|``, one fp32 slope per query head (and batch).
+- Dropout: the kept probabilities are rescaled by 1 / (1 - p); the keep mask of element (batch * nheads + head,
+  i, j) is a pure function of the seed and those coordinates (Philox4x32-7, one counter per element), so the
+  backward regenerates it tile by tile whatever its tile sizes.
 """
 
 import triton
@@ -22,6 +29,7 @@ import triton.language as tl
 # inner loop use exp2 directly.
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+PHILOX_ROUNDS = tl.constexpr(7)
 
 
 @triton.jit
@@ -35,36 +43,79 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
 
 
 @triton.jit
+def _tanh(x):
+    # From one exp2; saturates cleanly to +-1 (exp2 overflows to inf or underflows to 0).
+    return 1.0 - 2.0 / (tl.math.exp2(x * (2.0 * LOG2E)) + 1.0)
+
+
+@triton.jit
+def _scores(qk, i, j, diag, qk_scale, cap_in, cap_out, alibi, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+    """Raw q.k -> scores in log2 units (softcap, then ALiBi), and tanh of the softcap (for its derivative).
+
+    ``i``/``j`` are query/key positions broadcastable to ``qk``; ``alibi`` is the head's slope times log2(e).
+    """
+    if SOFTCAP:
+        t = _tanh(qk * cap_in)
+        s = t * cap_out
+    else:
+        t = qk
+        s = qk * qk_scale
+    if ALIBI:
+        s -= alibi * tl.abs(i + diag - j).to(tl.float32)
+    return s, t
+
+
+@triton.jit
+def _visible(i, j, N_K, diag, win_l, win_r, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """True where query ``i`` sees key ``j`` (in range, inside the window; causal is ``win_r = 0``)."""
+    keep = j < N_K
+    if HAS_RIGHT:
+        keep = keep & (j <= i + diag + win_r)
+    if HAS_LEFT:
+        keep = keep & (j >= i + diag - win_l)
+    return keep
+
+
+@triton.jit
+def _dropout_keep(seed, bh, i, j, dropout_p):
+    """Keep mask of dropout for rows ``i`` and columns ``j`` of score matrix ``bh``: P(keep) = 1 - dropout_p."""
+    zero = (i * 0 + j * 0).to(tl.uint32)
+    r, _, _, _ = tl.philox(seed, (zero + j).to(tl.uint32), (zero + i).to(tl.uint32), zero + bh.to(tl.uint32), zero,
+                           PHILOX_ROUNDS)
+    return tl.uint_to_uniform_float(r) >= dropout_p
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
     k_ptrs, v_ptrs, stride_kn, stride_vn,
     offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     k_ptrs += lo * stride_kn
     v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        # Only the masked stage can touch the ragged tail of the key sequence.
-        if MASKED and not EVEN_N:
-            k_mask = ((start_n + offs_n)[None, :] < N_K) & (offs_d[:, None] < HEAD_DIM)
-            v_mask = ((start_n + offs_n)[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
-            k = tl.load(k_ptrs, mask=k_mask, other=0.0)
-            v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        cols = start_n + offs_n
+        # Only masked stages can touch the ragged tail of the key sequence.
+        if MASKED:
+            k = tl.load(k_ptrs, mask=(cols[None, :] < N_K) & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            v = tl.load(v_ptrs, mask=(cols[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         elif EVEN_D:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         else:
             k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
             v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        qk = _dot(q, k, UPCAST, PRECISION) * qk_scale
+        qk, _ = _scores(_dot(q, k, UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
+                        cap_in, cap_out, alibi, SOFTCAP, ALIBI)
         if MASKED:
-            keep = (start_n + offs_n)[None, :] < N_K
-            if IS_CAUSAL:
-                keep = keep & ((start_n + offs_n)[None, :] <= offs_m[:, None] + diag)
-            qk = tl.where(keep, qk, float("-inf"))
+            qk = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
+                          qk, float("-inf"))
             m_ij = tl.maximum(m_i, tl.max(qk, 1))
             # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
             m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
@@ -74,6 +125,9 @@ def _attn_fwd_inner(
         p = tl.math.exp2(qk - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
+            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p), p, 0.0)
         acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
         m_i = m_ij
         k_ptrs += BLOCK_N * stride_kn
@@ -81,32 +135,62 @@ def _attn_fwd_inner(
     return acc, l_i, m_i
 
 
+@triton.jit
+def _key_ranges(m0, N_K, diag, win_l, win_r, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Key ranges for query rows [m0, m0 + BLOCK_M): masked [lo, a), unmasked [a, b), masked [b, hi).
+
+    Unmasked blocks are seen in full by every row of the block and lie inside the key sequence.
+    """
+    if HAS_RIGHT:
+        hi = tl.minimum(tl.maximum(m0 + BLOCK_M + diag + win_r, 0), N_K)
+        b = (tl.maximum(m0 + diag + win_r + 1, 0) // BLOCK_N) * BLOCK_N
+    else:
+        hi = N_K
+        b = N_K
+    if HAS_LEFT:
+        lo = (tl.maximum(m0 + diag - win_l, 0) // BLOCK_N) * BLOCK_N
+        a = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + diag - win_l, 0), BLOCK_N) * BLOCK_N
+    else:
+        lo = 0
+        a = 0
+    lo = tl.minimum(lo, hi)
+    a = tl.minimum(tl.maximum(a, lo), hi)
+    b = tl.minimum(tl.maximum(tl.minimum(b, (N_K // BLOCK_N) * BLOCK_N), a), hi)
+    return lo, a, b, hi
+
+
 @triton.heuristics(
     {
-        "EVEN_M": lambda args: args["N_Q"] % args["BLOCK_M"] == 0,
-        "EVEN_N": lambda args: args["N_K"] % args["BLOCK_N"] == 0,
+        "EVEN_M": lambda args: not args["VARLEN"] and args["N_Q"] % args["BLOCK_M"] == 0,
         "EVEN_D": lambda args: args["HEAD_DIM"] == args["BLOCK_D"],
     }
 )
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, sm_scale,
+    Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES, SEED,
+    sm_scale, cap_in, cap_out, dropout_p, dropout_scale,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
     stride_oz, stride_oh, stride_om,
-    H, GROUP, N_Q, N_K,
+    stride_lz, stride_lh, stride_az,
+    H, GROUP, N_Q, N_K, win_l, win_r,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+    VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """Forward attention: O = softmax(scale * Q K^T [+ causal mask]) V and LSE (natural log, fp32).
+    """Forward attention: O = softmax(scores) V and LSE (natural log, fp32).
 
-    Grid: (cdiv(N_Q, BLOCK_M), batch * H). Query head h reads key/value head h // GROUP (GQA/MQA).
-    Constexprs: HEAD_DIM (true head dim), BLOCK_D (next power of two), BLOCK_M, BLOCK_N (tile sizes), IS_CAUSAL,
-    UPCAST (dot in fp32, interpreter bf16 only), PRECISION (tl.dot input precision for fp32 inputs),
-    EVEN_M/EVEN_N/EVEN_D (no ragged tile along that axis; computed from the arguments).
-    Fully masked rows (causal with N_Q > N_K) get O = 0 and LSE = +inf, as in flash-attn.
+    Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H). Query head h reads key/value head h // GROUP (GQA/MQA).
+    Constexprs: HEAD_DIM (true head dim), BLOCK_D (next power of two), BLOCK_M, BLOCK_N (tile sizes), VARLEN
+    (sequence starts and lengths from CU_Q/CU_K; N_Q/N_K are then unused), HAS_LEFT/HAS_RIGHT (window bounds
+    win_l/win_r; causal is HAS_RIGHT with win_r = 0), SOFTCAP (cap_in = scale / softcap, cap_out = softcap *
+    log2 e), ALIBI (slopes at ALIBI_SLOPES + batch * stride_az + head), DROPOUT (seed at SEED), UPCAST (dot in
+    fp32, interpreter bf16 only), PRECISION (tl.dot input precision for fp32 inputs), EVEN_M/EVEN_D (no ragged
+    tile along that axis). Rows that see no key get O = 0 and LSE = +inf, as in flash-attn.
     """
     start_m = tl.program_id(0)
     off_zh = tl.program_id(1)
@@ -114,16 +198,27 @@ def _attn_fwd_kernel(
     off_h = off_zh % H
     off_hk = off_h // GROUP
 
+    if VARLEN:
+        q_start = tl.load(CU_Q + off_z)
+        N_Q = tl.load(CU_Q + off_z + 1) - q_start
+        k_start = tl.load(CU_K + off_z)
+        N_K = tl.load(CU_K + off_z + 1) - k_start
+        if start_m * BLOCK_M >= N_Q:
+            return
+    else:
+        q_start = 0
+        k_start = 0
+
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
     q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-        + offs_m[:, None] * stride_qm + offs_d[None, :]
+        + (q_start + offs_m[:, None]).to(tl.int64) * stride_qm + offs_d[None, :]
     k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + offs_n[None, :] * stride_kn + offs_d[:, None]
+        + (k_start + offs_n[None, :]).to(tl.int64) * stride_kn + offs_d[:, None]
     v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + offs_n[:, None] * stride_vn + offs_d[None, :]
+        + (k_start + offs_n[:, None]).to(tl.int64) * stride_vn + offs_d[None, :]
 
     if EVEN_M and EVEN_D:
         q = tl.load(q_ptrs)
@@ -131,37 +226,48 @@ def _attn_fwd_kernel(
         q = tl.load(q_ptrs, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
     qk_scale = sm_scale * LOG2E
+    alibi = 0.0
+    if ALIBI:
+        alibi = tl.load(ALIBI_SLOPES + off_z * stride_az + off_h).to(tl.float32) * LOG2E
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     diag = N_K - N_Q
-    if IS_CAUSAL:
-        # Keys this block's last row can see, and key blocks that every row of the block sees in full.
-        hi = tl.minimum(tl.maximum(start_m * BLOCK_M + BLOCK_M + diag, 0), N_K)
-        lo_mask = (tl.maximum(start_m * BLOCK_M + diag + 1, 0) // BLOCK_N) * BLOCK_N
-        lo_mask = tl.minimum(lo_mask, (N_K // BLOCK_N) * BLOCK_N)
-    else:
-        hi = N_K
-        lo_mask = (N_K // BLOCK_N) * BLOCK_N
+    lo, a, b, hi = _key_ranges(start_m * BLOCK_M, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    if HAS_LEFT:
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+            offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
+            seed, off_zh, dropout_p,
+            HEAD_DIM, BLOCK_N, True, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-        offs_m, offs_n, offs_d, 0, lo_mask, N_K, diag, qk_scale,
-        HEAD_DIM, BLOCK_N, IS_CAUSAL, False, EVEN_N, EVEN_D, UPCAST, PRECISION,
+        offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
+        seed, off_zh, dropout_p,
+        HEAD_DIM, BLOCK_N, False, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-        offs_m, offs_n, offs_d, lo_mask, hi, N_K, diag, qk_scale,
-        HEAD_DIM, BLOCK_N, IS_CAUSAL, True, EVEN_N, EVEN_D, UPCAST, PRECISION,
+        offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
+        seed, off_zh, dropout_p,
+        HEAD_DIM, BLOCK_N, True, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
     )
 
     empty = l_i == 0.0
-    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+    scale = 1.0 / tl.where(empty, 1.0, l_i)
+    if DROPOUT:
+        scale *= dropout_scale
+    acc = acc * scale[:, None]
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_i)) * LN2)
 
-    lse_ptrs = LSE + off_zh.to(tl.int64) * N_Q + offs_m
+    lse_ptrs = LSE + off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start + offs_m
     o_ptrs = O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh \
-        + offs_m[:, None] * stride_om + offs_d[None, :]
+        + (q_start + offs_m[:, None]).to(tl.int64) * stride_om + offs_d[None, :]
     if EVEN_M:
         tl.store(lse_ptrs, lse)
     else:
@@ -170,3 +276,14 @@ def _attn_fwd_kernel(
         tl.store(o_ptrs, acc.to(O.dtype.element_ty))
     else:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _dropout_mask_kernel(SEED, MASK, H, N_Q, N_K, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keep mask the attention kernels use, as int8 (batch * H, N_Q, N_K): for tests and debugging."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    bh = tl.program_id(2)
+    keep = _dropout_keep(tl.load(SEED), bh, offs_m[:, None], offs_n[None, :], dropout_p)
+    ptrs = MASK + bh.to(tl.int64) * N_Q * N_K + offs_m[:, None] * N_K + offs_n[None, :]
+    tl.store(ptrs, keep.to(tl.int8), mask=(offs_m[:, None] < N_Q) & (offs_n[None, :] < N_K))
