@@ -3,8 +3,8 @@
 from fa2dist.compat import KernelsConfigV2, flash_attention_v2, flash_attention_v2_custom, init_to_zero_v2
 from fa2dist.configs import BackwardConfig, BlockConfig, KernelsConfig, register_config
 from fa2dist.determinism import deterministic, is_deterministic, set_deterministic
-from fa2dist.module import FlashAttention, MultiheadFlashAttention, RotaryEmbedding
-from fa2dist.ops.attention import flash_attention
+from fa2dist.module import FlashAttention, MultiheadFlashAttention, RotaryEmbedding, alibi_slopes
+from fa2dist.ops.attention import flash_attention, flash_attention_varlen
 
 __version__ = "0.1.0"
 
@@ -17,7 +17,9 @@ __all__ = [
     "MultiheadFlashAttention",
     "RotaryEmbedding",
     "deterministic",
+    "alibi_slopes",
     "flash_attention",
+    "flash_attention_varlen",
     "flash_attention_v2",
     "flash_attention_v2_custom",
     "init_to_zero_v2",
