@@ -220,17 +220,18 @@ def backward_modes(monkeypatch):
     reference, and record the ``deterministic`` argument of every backward launch."""
     modes: list[bool] = []
 
-    def fake_fwd(q, k, v, causal, softmax_scale, layout, config):
+    def fake_fwd(q, k, v, feats, layout, config, **_):
         out, lse = attention_reference(
-            _bhsd(q, layout), _bhsd(k, layout), _bhsd(v, layout), causal=causal, softmax_scale=softmax_scale
+            _bhsd(q, layout), _bhsd(k, layout), _bhsd(v, layout), softmax_scale=feats.softmax_scale,
+            window_size=(feats.window_left, feats.window_right),
         )
         return _bhsd(out, layout), lse
 
-    def fake_bwd(do, q, k, v, out, lse, causal, softmax_scale, layout, config, deterministic):
+    def fake_bwd(do, q, k, v, out, lse, feats, layout, config, deterministic, **_):
         modes.append(deterministic)
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-            o, _ = fake_fwd(*leaves, causal, softmax_scale, layout, config)
+            o, _ = fake_fwd(*leaves, feats, layout, config)
             return torch.autograd.grad(o, leaves, do)
 
     monkeypatch.setattr(attention, "uses_kernels", lambda device: True)

@@ -92,6 +92,7 @@ def test_inductor_fullgraph_compile_and_cuda_graphs():
         graphed = torch.compile(block, mode="reduce-overhead", fullgraph=True)
         outs = []
         for _ in range(3):
+            torch.compiler.cudagraph_mark_step_begin()  # a new training step: earlier outputs may be overwritten
             out = graphed(x)
             out.float().square().sum().backward()
             outs.append(out.detach().clone())

@@ -25,7 +25,11 @@ class SdpaAttention(nn.Module):
         super().__init__()
         self.causal = causal
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if attention_mask is not None:
+            raise ValueError("the SDPA stand-in takes no attention_mask; use fa2dist's attention for padded batches.")
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=q.shape[1] != k.shape[1])
         return out.transpose(1, 2)
