@@ -34,11 +34,15 @@ PHILOX_ROUNDS = tl.constexpr(7)
 
 @triton.jit
 def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
-    """a @ b (+ acc, accumulated inside the MMA) in fp32."""
+    """a @ b (+ acc) in fp32: accumulated inside the MMA on tensor cores; for IEEE fp32 (FMA, one long chain
+    per element if accumulated inside) each tile's product is summed first, then added, which keeps the rounding
+    error of long reductions (dV over thousands of query rows) near cuBLAS's."""
     # Triton's interpreter computes bf16 tl.dot wrongly; the launcher sets UPCAST only there.
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+    if PRECISION == "ieee" and acc is not None:
+        return acc + tl.dot(a, b, input_precision=PRECISION)
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
