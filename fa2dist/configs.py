@@ -278,15 +278,15 @@ _HOPPER = KernelsConfig(
     backward_deterministic=(
         (64, _bw((32, 128, 4, 3), (128, 32, 4, 3))),
         (128, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
-        (256, _bw((32, 64, 8, 1), (64, 32, 8, 1))),
+        (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
     ),
     backward_sequence_parallel=(
         (64, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
         (128, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
-        (256, _bw((32, 64, 8, 1), (64, 32, 8, 1))),
+        (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
     ),
     source="sweep on H100 80GB HBM3, Triton 3.6.0, bf16 seqlen 4k, 2026-11-25 (benchmarks/SWEEP_NOTES.md); "
-    "head dim 256 not yet swept",
+    "head dim 256 dK/dV swept 2026-11-26",
 )
 _BLACKWELL = replace(_HOPPER, family="blackwell", source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)")
 _BLACKWELL_CONSUMER = replace(
