@@ -47,10 +47,12 @@ attention.attn_bwd = _recording_attn_bwd
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, kv_heads: int) -> None:
+    def __init__(self, dim: int, heads: int, kv_heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = fa2dist.MultiheadFlashAttention(dim, heads, num_kv_heads=kv_heads, causal=True, rotary=True)
+        self.attn = fa2dist.MultiheadFlashAttention(
+            dim, heads, num_kv_heads=kv_heads, causal=True, rotary=True, attn_dropout=attn_dropout
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -62,11 +64,13 @@ class Block(nn.Module):
 class TinyLM(pl.LightningModule):
     """A causal language model: embedding, ``layers`` pre-norm blocks, tied-free output head; AdamW with warm-up."""
 
-    def __init__(self, vocab: int, dim: int, heads: int, kv_heads: int, layers: int, lr: float) -> None:
+    def __init__(
+        self, vocab: int, dim: int, heads: int, kv_heads: int, layers: int, lr: float, attn_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, kv_heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, kv_heads, attn_dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
         self.grads: dict[int, dict[str, torch.Tensor]] = {}
@@ -127,6 +131,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attn-dropout", type=float, default=0.0, help="dropout on the attention weights")
     parser.add_argument(
         "--deterministic", choices=("true", "false", "warn"), default="true", help="Trainer(deterministic=...)"
     )
@@ -151,7 +156,7 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    model = TinyLM(args.vocab, args.dim, args.heads, args.kv_heads, args.layers, lr=3e-3)
+    model = TinyLM(args.vocab, args.dim, args.heads, args.kv_heads, args.layers, lr=3e-3, attn_dropout=args.attn_dropout)
     loader = DataLoader(_data(args.samples, args.seqlen, args.vocab), batch_size=args.batch, shuffle=True)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer.fit(model, loader, ckpt_path=args.resume)

@@ -133,6 +133,18 @@ def test_ddp_cpu_triton_interpreter_runs_are_bitwise_equal(baseline, tmp_path):
     assert found and all(diff < 1e-3 for _, diff in found), found
 
 
+def test_ddp_cpu_attention_dropout_in_the_kernels_is_bitwise_repeatable(tmp_path):
+    """Attention dropout inside the Triton kernels (interpreted): the masks come from the seeded generator, so two
+    2-rank DDP runs are bitwise equal at every step, and differ from a run without dropout."""
+    env = {"TRITON_INTERPRET": "1"}
+    first = train(tmp_path / "first", "--epochs", "1", "--attn-dropout", "0.2", env=env)
+    second = train(tmp_path / "second", "--epochs", "1", "--attn-dropout", "0.2", env=env)
+    assert_sane(first, world_size=2, steps=STEPS // 2, interpret=True)
+    assert_bitwise_equal(first, second)
+    no_dropout = train(tmp_path / "none", "--epochs", "1", env=env)
+    assert differences(first, no_dropout, weights=False), "the dropout must change the gradients"
+
+
 # --- GPU ---------------------------------------------------------------------------------------------------------
 
 # Long enough for several key blocks per query row (the sequence-parallel mode's atomic dQ adds then race), small
