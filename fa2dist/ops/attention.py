@@ -213,7 +213,7 @@ def _lse_strides(lse: torch.Tensor, layout: str) -> tuple[int, int]:
     return (0, lse.stride(0)) if layout == "thd" else (lse.stride(0), lse.stride(1))
 
 
-def _extras(q, cu_q, cu_k, alibi_slopes, seed):
+def _extras(cu_q, cu_k, alibi_slopes, seed):
     """The optional pointer arguments (None where unused: Triton specialises them away) and the ALiBi batch stride."""
     stride_az = alibi_slopes.stride(0) if alibi_slopes is not None and alibi_slopes.dim() == 2 else 0
     return (cu_q, cu_k, alibi_slopes, seed), stride_az
@@ -256,7 +256,7 @@ def attn_fwd(
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
-    pointers, stride_az = _extras(q, cu_q, cu_k, alibi_slopes, seed)
+    pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
     _launch(
         _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags()), config.forward_for(head_dim),
         lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
@@ -326,7 +326,7 @@ def attn_bwd(
     key = (q.device, q.dtype, head_dim, feats.flags(), deterministic)
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     dkdv_name = "dkdv" if deterministic else "dkdv_atomic"
-    pointers, stride_az = _extras(q, cu_q, cu_k, alibi_slopes, seed)
+    pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
     tail = (
         *_lse_strides(lse, layout), stride_az,
     )
