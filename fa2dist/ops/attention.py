@@ -242,10 +242,12 @@ def attn_fwd(
     """Run the forward kernel. Returns (out like q, lse fp32: (batch, nheads, seqlen_q), or (nheads, total_q) for
     layout "thd")."""
     batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _shape(q, k, layout, cu_q, max_q, max_k)
-    out = torch.empty_like(q)
     if layout == "thd":
-        lse = torch.empty((nheads, q.shape[0]), device=q.device, dtype=torch.float32)
+        # Packed tokens past cu_seqlens_q[-1] belong to no sequence and are never written: 0, LSE +inf.
+        out = torch.zeros_like(q)
+        lse = torch.full((nheads, q.shape[0]), float("inf"), device=q.device, dtype=torch.float32)
     else:
+        out = torch.empty_like(q)
         lse = torch.empty((batch, nheads, seqlen_q), device=q.device, dtype=torch.float32)
     if out.numel() == 0 or batch == 0 or seqlen_q == 0:
         return out, lse
@@ -293,8 +295,10 @@ def attn_bwd(
     """Run the backward kernels in the given mode. Returns (dq, dk, dv) with the inputs' shapes and strides."""
     batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = _shape(q, k, layout, cu_q, max_q, max_k)
     do = _last_dim_contiguous(do)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    # Packed tokens outside every sequence get no gradient from the kernels: start from zeros.
+    new = torch.zeros_like if layout == "thd" else torch.empty_like
+    dk = new(k)
+    dv = new(v)
     if q.numel() == 0 or k.numel() == 0 or batch == 0 or seqlen_q == 0 or seqlen_k == 0:
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
     group = nheads // nheads_kv
@@ -312,7 +316,7 @@ def attn_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
     if deterministic:
-        dq = torch.empty_like(q)
+        dq = new(q)
         dq_acc = dq  # unused by the dK/dV kernel when ATOMIC_DQ is False
         dq_strides = _strides(dq, layout)
     else:

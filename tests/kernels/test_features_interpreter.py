@@ -40,6 +40,27 @@ def test_varlen_bf16_and_mqa():
     check_varlen("bf16", dict(causal=True), [17, 40], [17, 40], 4, 1, 32, torch.bfloat16, "cpu", True)
 
 
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "seqpar"])
+def test_varlen_tokens_past_the_last_sequence_are_zero(deterministic, monkeypatch):
+    # Deterministic algorithms fill torch.empty with NaN: a slot the kernels never write would show.
+    torch.use_deterministic_algorithms(True)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    try:
+        _check_past_the_last_sequence(deterministic)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _check_past_the_last_sequence(deterministic):
+    g = torch.Generator().manual_seed(4)
+    cu = torch.tensor([0, 7, 20], dtype=torch.int32)
+    q, k, v = (torch.randn(25, 2, 16, generator=g).half().requires_grad_() for _ in range(3))
+    out, lse = fa2dist.flash_attention_varlen(q, k, v, cu, cu, 13, 13, deterministic=deterministic, return_lse=True)
+    assert torch.equal(out[20:], torch.zeros_like(out[20:])) and torch.isinf(lse[:, 20:]).all()
+    for grad in torch.autograd.grad(out.float().square().sum(), (q, k, v)):
+        assert torch.isfinite(grad).all() and torch.equal(grad[20:], torch.zeros_like(grad[20:]))
+
+
 def test_dropout_mask_statistics_and_seeds():
     p = 0.3
     torch.manual_seed(0)
