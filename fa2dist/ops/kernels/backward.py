@@ -53,10 +53,10 @@ def _attn_bwd_dkdv_inner(
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    q_ptrs += lo.to(tl.int64) * stride_qm
-    do_ptrs += lo.to(tl.int64) * stride_dom
+    q_ptrs += lo * stride_qm
+    do_ptrs += lo * stride_dom
     if ATOMIC_DQ:
-        dq_ptrs += lo.to(tl.int64) * stride_dqm
+        dq_ptrs += lo * stride_dqm
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
@@ -73,13 +73,14 @@ def _attn_bwd_dkdv_inner(
         if MASKED:
             pT = tl.where(_visible(rows[None, :], offs_n[:, None], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
                           pT, 0.0)
-        dpT = _dot(v, tl.trans(do), UPCAST, PRECISION)
+        # dV before dP: this order lets the accumulating MMA overlap the next one (measured on sm_90).
         if DROPOUT:
             keepT = _dropout_keep(seed, bh, rows[None, :], offs_n[:, None], dropout_p)
             dv = _dot(tl.where(keepT, pT * dropout_scale, 0.0).to(do.dtype), do, UPCAST, PRECISION, dv)
-            dpT = tl.where(keepT, dpT * dropout_scale, 0.0)
+            dpT = tl.where(keepT, _dot(v, tl.trans(do), UPCAST, PRECISION) * dropout_scale, 0.0)
         else:
             dv = _dot(pT.to(do.dtype), do, UPCAST, PRECISION, dv)
+            dpT = _dot(v, tl.trans(do), UPCAST, PRECISION)
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT *= 1.0 - tT * tT
@@ -157,16 +158,19 @@ def _attn_bwd_dkdv_kernel(
     else:
         q_start = 0
         k_start = 0
+    # 64-bit scalar bases, 32-bit offsets inside a sequence: 64-bit per-element offsets stop the MMA pipelining
+    # (sm_90 SASS: 96 warpgroup fences against 14).
+    q_start64 = q_start.to(tl.int64) if VARLEN else 0
+    k_start64 = k_start.to(tl.int64) if VARLEN else 0
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
-    kv_rows = (k_start + offs_n[:, None]).to(tl.int64)
     k = tl.load(K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh
-                + kv_rows * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+                + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh
-                + kv_rows * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+                + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
@@ -176,7 +180,6 @@ def _attn_bwd_dkdv_kernel(
 
     diag = N_K - N_Q
     lo, a, b, hi = _query_ranges(start_n, N_Q, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
-    q_rows = (q_start + offs_m[:, None]).to(tl.int64)
 
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g
@@ -185,11 +188,11 @@ def _attn_bwd_dkdv_kernel(
         if ALIBI:
             alibi = tl.load(ALIBI_SLOPES + off_z * stride_az + off_h).to(tl.float32) * LOG2E
         q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-            + q_rows * stride_qm + offs_d[None, :]
+            + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
         do_ptrs = DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh \
-            + q_rows * stride_dom + offs_d[None, :]
+            + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :]
         dq_ptrs = DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh \
-            + q_rows * stride_dqm + offs_d[None, :]
+            + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :]
         row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
         lse_ptr = LSE + row_offset
         delta_ptr = DELTA + row_offset
@@ -217,9 +220,9 @@ def _attn_bwd_dkdv_kernel(
     # d(score)/d(q.k) is the softmax scale, times 1 - tanh^2 with a softcap (that factor is already in dS).
     dk *= sm_scale
     dk_ptrs = DK + off_z.to(tl.int64) * stride_dkz + off_hk.to(tl.int64) * stride_dkh \
-        + kv_rows * stride_dkn + offs_d[None, :]
+        + k_start64 * stride_dkn + offs_n[:, None] * stride_dkn + offs_d[None, :]
     dv_ptrs = DV + off_z.to(tl.int64) * stride_dvz + off_hk.to(tl.int64) * stride_dvh \
-        + kv_rows * stride_dvn + offs_d[None, :]
+        + k_start64 * stride_dvn + offs_n[:, None] * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -235,8 +238,8 @@ def _attn_bwd_dq_inner(
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    k_ptrs += lo.to(tl.int64) * stride_kn
-    v_ptrs += lo.to(tl.int64) * stride_vn
+    k_ptrs += lo * stride_kn
+    v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
@@ -298,25 +301,25 @@ def _attn_bwd_dq_kernel(
     else:
         q_start = 0
         k_start = 0
+    q_start64 = q_start.to(tl.int64) if VARLEN else 0
+    k_start64 = k_start.to(tl.int64) if VARLEN else 0
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = offs_m < N_Q
     qd_mask = row_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q_rows = (q_start + offs_m[:, None]).to(tl.int64)
     q = tl.load(Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-                + q_rows * stride_qm + offs_d[None, :], mask=qd_mask, other=0.0)
+                + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                 + q_rows * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
+                 + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
     row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
     lse = tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + row_offset + offs_m, mask=row_mask, other=0.0)
-    kv_rows = (k_start + offs_n[:, None]).to(tl.int64)
     k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + kv_rows * stride_kn + offs_d[None, :]
+        + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + kv_rows * stride_vn + offs_d[None, :]
+        + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     alibi = 0.0
@@ -349,4 +352,4 @@ def _attn_bwd_dq_kernel(
     )
     dq *= sm_scale
     tl.store(DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh
-             + q_rows * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)
+             + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)

@@ -212,17 +212,20 @@ def _attn_fwd_kernel(
     else:
         q_start = 0
         k_start = 0
+    # 64-bit scalar bases, 32-bit offsets inside a sequence (64-bit per-element offsets cost address arithmetic).
+    q_start64 = q_start.to(tl.int64) if VARLEN else 0
+    k_start64 = k_start.to(tl.int64) if VARLEN else 0
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
     q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-        + (q_start + offs_m[:, None]).to(tl.int64) * stride_qm + offs_d[None, :]
+        + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
     k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + (k_start + offs_n[None, :]).to(tl.int64) * stride_kn + offs_d[:, None]
+        + k_start64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None]
     v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + (k_start + offs_n[:, None]).to(tl.int64) * stride_vn + offs_d[None, :]
+        + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
 
     if EVEN_M and EVEN_D:
         q = tl.load(q_ptrs)
@@ -271,7 +274,7 @@ def _attn_fwd_kernel(
 
     lse_ptrs = LSE + off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start + offs_m
     o_ptrs = O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh \
-        + (q_start + offs_m[:, None]).to(tl.int64) * stride_om + offs_d[None, :]
+        + q_start64 * stride_om + offs_m[:, None] * stride_om + offs_d[None, :]
     if EVEN_M:
         tl.store(lse_ptrs, lse)
     else:
