@@ -201,3 +201,21 @@ def test_fullgraph_compile_with_features_on_the_pytorch_path():
                                             alibi=True)
     x = torch.randn(2, 20, 64)
     torch.testing.assert_close(torch.compile(block, fullgraph=True, backend="aot_eager")(x), block(x))
+
+
+def test_sequences_too_long_for_32_bit_offsets_are_refused():
+    from fa2dist.ops import attention
+
+    class Strided:  # shape and strides of a tensor too large to allocate here
+        def __init__(self, shape, strides):
+            self.shape, self._strides = shape, strides
+
+        def stride(self, dim):
+            return self._strides[dim]
+
+    q = Strided((1, 600_000, 32, 128), (600_000 * 4096, 4096, 128, 1))
+    with pytest.raises(ValueError, match="too long for one sequence.*layout='bhsd'"):
+        attention._check_offsets((("q", q),), "bshd", 600_000, 600_000)
+    attention._check_offsets((("q", q),), "bshd", 400_000, 400_000)  # 400k x 4096 < 2^31
+    packed = Strided((2_000_000, 32, 128), (4096, 128, 1))  # varlen: only the longest sequence counts
+    attention._check_offsets((("q", packed),), "thd", 100_000, 100_000)

@@ -219,6 +219,19 @@ def _extras(cu_q, cu_k, alibi_slopes, seed):
     return (cu_q, cu_k, alibi_slopes, seed), stride_az
 
 
+def _check_offsets(tensors, layout: str, seqlen_q: int, seqlen_k: int) -> None:
+    """The kernels address rows inside one sequence with 32-bit offsets (64-bit per-element offsets cost the MMA
+    pipelining on sm_90); batch, head and sequence starts are 64-bit. Refuse inputs whose offsets would overflow."""
+    longest = max(seqlen_q, seqlen_k) + 256  # + one tile past the end
+    for name, t in tensors:
+        if longest * abs(_strides(t, layout)[2]) + t.shape[-1] >= 2**31:
+            raise ValueError(
+                f"`{name}` is too long for one sequence: seqlen {max(seqlen_q, seqlen_k)} x row stride "
+                f"{_strides(t, layout)[2]} elements exceeds the kernels' 32-bit in-sequence offsets. Use "
+                "layout='bhsd' (row stride = headdim), or split the sequence."
+            )
+
+
 def new_seed(device: torch.device) -> torch.Tensor:
     """A dropout seed drawn from torch's default generator of ``device`` (so ``torch.manual_seed`` fixes it), kept
     on the device: no host synchronisation, and CUDA-graph safe."""
@@ -255,6 +268,7 @@ def attn_fwd(
         out.zero_()
         lse.fill_(float("inf"))
         return out, lse
+    _check_offsets((("q", q), ("k", k), ("v", v), ("out", out)), layout, seqlen_q, seqlen_k)
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
@@ -301,6 +315,7 @@ def attn_bwd(
     dv = new(v)
     if q.numel() == 0 or k.numel() == 0 or batch == 0 or seqlen_q == 0 or seqlen_k == 0:
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
+    _check_offsets((("grad_out", do),), layout, seqlen_q, seqlen_k)
     group = nheads // nheads_kv
     block_d = max(triton.next_power_of_2(head_dim), 16)
     upcast = INTERPRET and q.dtype == torch.bfloat16
