@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import fa2dist  # noqa: E402
+from fa2dist.configs import select_config  # noqa: E402
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -37,9 +39,12 @@ def flops(batch, nheads, seqlen, head_dim, causal, mode):
 
 def make_provider(name, causal):
     """A function (q, k, v) -> out in (batch, nheads, seqlen, headdim) for each provider, or None if unavailable."""
-    if name in ("fa2dist-det", "fa2dist-sp"):
-        det = name == "fa2dist-det"
-        return lambda q, k, v: fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd", deterministic=det)
+    if name in ("fa2dist-det", "fa2dist-sp", "fa2dist-det-ptr", "fa2dist-sp-ptr"):
+        det = name.startswith("fa2dist-det")
+        # "-ptr": the device's config with the pointer-load forward instead of tensor descriptors (an A/B of TMA).
+        cfg = replace(select_config(torch.device("cuda")), tma=False) if name.endswith("-ptr") else None
+        return lambda q, k, v: fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd", deterministic=det,
+                                                        config=cfg)
     backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
                 "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
     if name in backends:

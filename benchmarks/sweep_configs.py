@@ -16,9 +16,12 @@ import fa2dist
 from fa2dist.configs import BackwardConfig, BlockConfig, KernelsConfig
 from fa2dist.ops.reference import attention_reference
 
+TMA = False  # --tma: the forward loads tiles with tensor descriptors (sm_90+)
+KINDS = ("fwd", "bwd")  # --only
+
 
 def cfg_with(fwd: BlockConfig, bwd: BackwardConfig) -> KernelsConfig:
-    return KernelsConfig("sweep", ((256, fwd),), ((256, bwd),), ((256, bwd),))
+    return KernelsConfig("sweep", ((256, fwd),), ((256, bwd),), ((256, bwd),), tma=TMA)
 
 
 FWD_CANDIDATES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 4, 3), (128, 128, 8, 2),
@@ -39,7 +42,9 @@ def sweep_shape(d: int, n: int, causal: bool) -> list[dict]:
     f = 4 * batch * nheads * n * n * d / (2 if causal else 1)
     ref = attention_reference(*(t[:1].transpose(1, 2).float() for t in (q, k, v)), causal=causal)[0].transpose(1, 2)
     best: dict = {}
-    for m_, n_, w, s in FWD_CANDIDATES:
+    if "fwd" not in KINDS:
+        best["fwd"] = (0.0, BlockConfig(*FWD_CANDIDATES[0]))
+    for m_, n_, w, s in FWD_CANDIDATES if "fwd" in KINDS else ():
         c = BlockConfig(m_, n_, w, s)
         cfg = cfg_with(c, BackwardConfig(BlockConfig(*DKDV_CANDIDATES[0]), BlockConfig(*DKDV_CANDIDATES[0])))
         try:
@@ -56,7 +61,7 @@ def sweep_shape(d: int, n: int, causal: bool) -> list[dict]:
         if tf > best.get("fwd", (0,))[0]:
             best["fwd"] = (tf, c)
     fbest = best["fwd"][1]
-    for det in (True, False):
+    for det in (True, False) if "bwd" in KINDS else ():
         for m_, n_, w, s in DKDV_CANDIDATES:
             c = BlockConfig(m_, n_, w, s)
             dq = BlockConfig(n_, m_, w, s)
@@ -83,9 +88,13 @@ def main():
     p.add_argument("--seqlens", default="4096,16384")
     p.add_argument("--fwd", default=None, help="forward candidates 'm,n,warps,stages;...' (default: built-in list)")
     p.add_argument("--dkdv", default=None, help="dK/dV candidates 'm,n,warps,stages;...' (default: built-in list)")
+    p.add_argument("--tma", action="store_true", help="forward with tensor-descriptor loads (sm_90+)")
+    p.add_argument("--only", choices=["fwd", "bwd"], default=None, help="sweep only the forward or the backward")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    global FWD_CANDIDATES, DKDV_CANDIDATES
+    global FWD_CANDIDATES, DKDV_CANDIDATES, TMA, KINDS
+    TMA = args.tma
+    KINDS = (args.only,) if args.only else ("fwd", "bwd")
     if args.fwd:
         FWD_CANDIDATES = [tuple(map(int, c.split(","))) for c in args.fwd.split(";")]
     if args.dkdv:

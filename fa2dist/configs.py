@@ -124,6 +124,8 @@ class KernelsConfig:
         source: where the numbers come from (card, Triton version, date of sweep).
         shared_memory_bytes: set by fitting: the shared memory per block the tiles were fitted to (0: not fitted).
         capability: set by fitting: the compute capability the tiles were fitted for.
+        tma: load the forward's tiles with tensor descriptors (the Tensor Memory Accelerator, sm_90 and newer) for
+            dense fp16/bf16 inputs with 16-byte aligned strides; other calls run the pointer-load kernel.
 
     Example::
 
@@ -145,8 +147,11 @@ class KernelsConfig:
     source: str = ""
     shared_memory_bytes: int = field(default=0, compare=False)
     capability: tuple[int, int] | None = field(default=None, compare=False)
+    tma: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tma, bool):
+            raise TypeError(f"`KernelsConfig(tma={self.tma!r})` must be True or False.")
         if not (isinstance(self.family, str) and self.family):
             raise TypeError(f"`KernelsConfig(family={self.family!r})` must be a non-empty name such as 'ampere'.")
         if not isinstance(self.source, str):
@@ -287,8 +292,11 @@ _HOPPER = KernelsConfig(
     ),
     source="sweep on H100 80GB HBM3, Triton 3.6.0, bf16 seqlen 4k, 2026-11-25 (benchmarks/SWEEP_NOTES.md); "
     "head dim 256 dK/dV swept 2026-11-26",
+    tma=True,
 )
-_BLACKWELL = replace(_HOPPER, family="blackwell", source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)")
+_BLACKWELL = replace(
+    _HOPPER, family="blackwell", source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)", tma=False
+)
 _BLACKWELL_CONSUMER = replace(
     _ADA, family="blackwell_consumer", source="Ada's tiles; fits sm_120's 99 KB (cross-compiled, Triton 3.6.0)"
 )

@@ -55,7 +55,7 @@ def _reference(fn, leaves, do, dtype64, **kwargs):
     return out, lse, torch.autograd.grad(out, leaves, do.to(out.dtype))
 
 
-def check_dense(name, features, shape, dtype, device, deterministic):
+def check_dense(name, features, shape, dtype, device, deterministic, config=None):
     """fa2dist.flash_attention with ``features`` on (batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim)."""
     batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
     seed = zlib.crc32(repr((name, shape, dtype, deterministic)).encode())
@@ -68,7 +68,7 @@ def check_dense(name, features, shape, dtype, device, deterministic):
     do = torch.randn(batch, nheads, seqlen_q, head_dim, generator=g).to(device, dtype)
     torch.manual_seed(seed)
     out, lse = fa2dist.flash_attention(q, k, v, layout="bhsd", alibi_slopes=slopes, deterministic=deterministic,
-                                       return_lse=True, **features)
+                                       return_lse=True, config=config, **features)
     grads = torch.autograd.grad(out, (q, k, v), do)
     mask = None
     if features.get("dropout_p", 0) > 0:

@@ -11,6 +11,11 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4: no host-side tensor descriptors; the forward uses pointer loads
+    TensorDescriptor = None
+
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
 from fa2dist.ops import fit
@@ -127,8 +132,8 @@ def _fit_fp32(name: str, cfg: BlockConfig, head_dim: int, config: KernelsConfig)
         return cfg
 
 
-def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs: dict, prefit=None) -> None:
-    """Launch ``kernel`` with ``cfg``'s tiles; if they need more shared memory than the GPU has (fp32 inputs, a
+def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args, constexprs: dict, prefit=None) -> None:
+    """Launch ``kernel`` with ``cfg``'s tiles (``args``: a tuple, or a function of the tiles); if they need more shared memory than the GPU has (fp32 inputs, a
     custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the choice is
     the same in every run) and remember the tiles that fit. ``prefit(cfg)``, if given, runs once per key, before
     the first launch."""
@@ -139,7 +144,7 @@ def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args: tuple, constexprs:
     while True:
         try:
             kernel[grid(tiles)](
-                *args, **constexprs, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                *(args(tiles) if callable(args) else args), **constexprs, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             )
             break
@@ -273,19 +278,46 @@ def attn_fwd(
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
-    _launch(
-        _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags()), config.forward_for(head_dim),
-        lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
-        (
-            q, k, v, out, lse, *pointers, *feats.scalars(),
+    tma = config.tma and _tma_ready(layout, q, k, v, out)
+
+    def args(t: BlockConfig) -> tuple:
+        tensors = (q, k, v, out)
+        if tma:
+            # (batch, heads, seqlen, head dim) views; blocks of one head's rows.
+            q_dims, kv_dims = [batch, nheads, seqlen_q, head_dim], [batch, nheads_kv, seqlen_k, head_dim]
+            tensors = tuple(
+                TensorDescriptor(x, dims, [*_strides(x, layout), 1], [1, 1, rows, block_d])
+                for x, dims, rows in ((q, q_dims, t.block_m), (k, kv_dims, t.block_n), (v, kv_dims, t.block_n),
+                                      (out, q_dims, t.block_m))
+            )
+        return (
+            *tensors, lse, *pointers, *feats.scalars(),
             *_strides(q, layout), *_strides(k, layout), *_strides(v, layout), *_strides(out, layout),
             *_lse_strides(lse, layout), stride_az,
             nheads, nheads // nheads_kv, seqlen_q, seqlen_k, max(feats.window_left, 0), max(feats.window_right, 0),
-        ),
-        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=_precision(q.dtype)),
+        )
+
+    _launch(
+        _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags(), tma), config.forward_for(head_dim),
+        lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads), args,
+        dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=_precision(q.dtype),
+             TMA=tma),
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
     )
     return out, lse
+
+
+def _tma_ready(layout: str, *tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors can address these dense fp16/bf16 tensors: 16-byte aligned base and strides."""
+    if TensorDescriptor is None or layout == "thd" or tensors[0].dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if not (tensors[0].is_cuda or INTERPRET):
+        return False
+    size = tensors[0].element_size()
+    return all(
+        t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all(s > 0 and s * size % 16 == 0 for s in _strides(t, layout))
+        for t in tensors
+    )
 
 
 def attn_bwd(
@@ -359,7 +391,8 @@ def attn_bwd(
             *_strides(do, layout), *_strides(dk, layout), *_strides(dv, layout), *dq_strides, *tail,
             nheads_kv, group, seqlen_q, seqlen_k, *windows,
         ),
-        dict(constexprs, ATOMIC_DQ=not deterministic),
+        # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
+        dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0),
         prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
     )
     if deterministic:

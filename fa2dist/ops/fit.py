@@ -237,10 +237,10 @@ def kernel_source(
         )
         pointers = {"Q": ty, "K": ty, "V": ty, "LSE": "fp32", "DELTA": "fp32"}
         if kernel == "forward":
-            constexprs.update(EVEN_M=aligned, EVEN_D=head_dim == block_d)
+            constexprs.update(EVEN_M=aligned, EVEN_D=head_dim == block_d, TMA=False)
             pointers.update(O=ty)
         elif kernel in ("dkdv", "dkdv_atomic"):
-            constexprs["ATOMIC_DQ"] = kernel == "dkdv_atomic"
+            constexprs.update(ATOMIC_DQ=kernel == "dkdv_atomic", KEY_TAIL=not aligned)
             pointers.update(DO=ty, DK=ty, DV=ty, DQ="fp32" if kernel == "dkdv_atomic" else ty)
         else:
             pointers.update(DO=ty, DQ=ty)

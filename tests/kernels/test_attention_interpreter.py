@@ -1,11 +1,14 @@
 """The Triton kernels under Triton's interpreter (TRITON_INTERPRET=1) against a float64 reference."""
 
 import zlib
+from dataclasses import replace
 
 import pytest
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import fa2dist
+from fa2dist.configs import config_for_capability
 from fa2dist.ops.attention import INTERPRET
 from tests.helpers import check_against_reference, make_qkv, reference_with_grads, to_bhsd
 
@@ -52,6 +55,55 @@ def test_forward_backward_matches_reference(shape, causal, dtype, layout):
     assert (lse[finite].double() - lse64[finite]).abs().max().item() <= 1e-4 if finite.any() else True
     for name, g, g64, glp in zip(("dq", "dk", "dv"), grads, grads64, gradslp):
         check_against_reference(name, to_bhsd(g, layout), g64, glp, 3, atol)
+
+
+@pytest.fixture
+def tma_config(monkeypatch):
+    """The Hopper config (tensor-descriptor forward), with a count of the descriptors the launcher builds."""
+    from fa2dist.ops import attention
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(args[3] if len(args) > 3 else kwargs["block_shape"])
+        return TensorDescriptor(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "TensorDescriptor", spy)
+    return replace(config_for_capability((9, 0)), tma=True), built
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", SHAPES[1:8], ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_tensor_descriptor_forward_matches_reference(shape, causal, layout, tma_config):
+    """The forward with tensor-descriptor loads (the Hopper path): ragged tiles come from the copy engine's
+    zero fill and clipped stores, not masks."""
+    config, built = tma_config
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    seed = zlib.crc32(repr(("tma", shape, causal, layout)).encode())
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.float16, "cpu", layout, seed)
+    out, lse = fa2dist.flash_attention(q, k, v, causal=causal, layout=layout, return_lse=True, config=config)
+    assert len(built) == 4, "the forward did not take the tensor-descriptor path"
+    do = torch.zeros_like(out)
+    out64, lse64, _ = reference_with_grads(q, k, v, do, causal, layout, torch.float64)
+    outlp, _, _ = reference_with_grads(q, k, v, do, causal, layout, None)
+    check_against_reference("out", to_bhsd(out, layout), out64, outlp, 2, 1e-5)
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse64)), "rows that see no key must have lse = +inf"
+    finite = torch.isfinite(lse64)
+    assert (lse[finite].double() - lse64[finite]).abs().max().item() <= 1e-4 if finite.any() else True
+
+
+def test_tensor_descriptor_forward_falls_back_where_it_cannot_address(tma_config):
+    """fp32, variable length and strides that are not 16-byte multiples run the pointer-load kernel."""
+    config, built = tma_config
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 64, torch.float32, "cpu", "bshd", seed=3)
+    fa2dist.flash_attention(q, k, v, config=config)
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 36, torch.float16, "cpu", "bshd", seed=3)  # rows of 72 bytes
+    fa2dist.flash_attention(q, k, v, config=config)
+    assert built == []
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 64, torch.float16, "cpu", "bshd", seed=3)
+    fa2dist.flash_attention(q, k, v, config=config)
+    assert len(built) == 4
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

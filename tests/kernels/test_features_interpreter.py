@@ -1,10 +1,14 @@
 """Attention features in the Triton kernels under the interpreter, against the float64 reference: every feature
 and combinations, both backward modes, dense and variable-length; the dropout mask's properties."""
 
+from dataclasses import replace
+
 import pytest
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 import fa2dist
+from fa2dist.configs import config_for_capability
 from fa2dist.ops.attention import INTERPRET, dropout_mask, new_seed
 from tests.feature_cases import FEATURES, check_dense, check_varlen
 
@@ -22,6 +26,21 @@ def test_dense_features_match_reference(name, features, dtype):
     # Alternate the backward modes over the matrix: each feature meets both modes across the two dtypes.
     deterministic = (index + (dtype == torch.float16)) % 2 == 0
     check_dense(name, features, shape, dtype, "cpu", deterministic)
+
+
+@pytest.mark.parametrize(
+    "name,features", [f for f in FEATURES if f[0] in ("window-both", "softcap", "alibi-batch-causal", "all")],
+    ids=lambda f: f if isinstance(f, str) else "",
+)
+def test_dense_features_with_tensor_descriptors(name, features, monkeypatch):
+    """The same checks through the Hopper forward (tensor-descriptor loads)."""
+    from fa2dist.ops import attention
+
+    built = []
+    monkeypatch.setattr(attention, "TensorDescriptor", lambda *a: built.append(a) or TensorDescriptor(*a))
+    config = replace(config_for_capability((9, 0)), tma=True)
+    check_dense(name, features, DENSE_SHAPES[0], torch.float16, "cpu", True, config=config)
+    assert len(built) == 4, "the forward did not take the tensor-descriptor path"
 
 
 VARLEN_FEATURES = [("plain", {}), ("causal", dict(causal=True))] + [

@@ -51,7 +51,7 @@ def _attn_bwd_dkdv_inner(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    KEY_TAIL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     q_ptrs += lo * stride_qm
     do_ptrs += lo * stride_dom
@@ -86,8 +86,9 @@ def _attn_bwd_dkdv_inner(
             dsT *= 1.0 - tT * tT
         dk = _dot(dsT.to(q.dtype), q, UPCAST, PRECISION, dk)
         if ATOMIC_DQ:
-            # Keys past the end load as 0, but their P may be inf (no mask above outside MASKED); 0 * inf is NaN.
-            dsT = tl.where(offs_n[:, None] < N_K, dsT, 0.0)
+            if KEY_TAIL and not MASKED:
+                # Keys past the end load as 0, but their P may be inf (unmasked tiles); 0 * inf would be NaN in dQ.
+                dsT = tl.where(offs_n[:, None] < N_K, dsT, 0.0)
             dq = _dot(tl.trans(dsT.to(k.dtype)), k, UPCAST, PRECISION) * sm_scale
             tl.atomic_add(dq_ptrs, dq, mask=qd_mask, sem="relaxed")
             dq_ptrs += BLOCK_M * stride_dqm
@@ -134,12 +135,13 @@ def _attn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, KEY_TAIL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dK and dV for one key block of one key/value head, summed over its GROUP query heads in a fixed order.
 
     Grid: (cdiv(max seqlen_k, BLOCK_N), batch * H_KV). Constexprs as in the forward kernel, plus ATOMIC_DQ
-    (sequence-parallel mode: also add this block's dQ contribution into the fp32 DQ buffer with atomics).
+    (sequence-parallel mode: also add this block's dQ contribution into the fp32 DQ buffer with atomics) and KEY_TAIL
+    (some key block may end past the sequence: a blocked-out tail whose P must not reach the atomic dQ).
     LSE and DELTA share the strides (stride_lz, stride_lh, 1).
     """
     start_n = tl.program_id(0) * BLOCK_N
@@ -201,20 +203,23 @@ def _attn_bwd_dkdv_kernel(
                 dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
                 offs_m, offs_n, offs_d, lo, a, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
+                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
+                UPCAST, PRECISION,
             )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
             offs_m, offs_n, offs_d, a, b, N_Q, N_K, diag, qk_scale, sm_scale,
             cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_M, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
+            UPCAST, PRECISION,
         )
         if HAS_LEFT:
             dk, dv = _attn_bwd_dkdv_inner(
                 dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
                 offs_m, offs_n, offs_d, b, hi, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, UPCAST, PRECISION,
+                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
+                UPCAST, PRECISION,
             )
 
     # d(score)/d(q.k) is the softmax scale, times 1 - tanh^2 with a softcap (that factor is already in dS).

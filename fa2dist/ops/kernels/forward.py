@@ -90,6 +90,36 @@ def _dropout_keep(seed, bh, i, j, dropout_p):
 
 
 @triton.jit
+def _attn_fwd_step(
+    acc, l_i, m_i, q, k, v, offs_m, cols, N_K, diag, qk_scale,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
+    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One key tile of the online softmax: ``k`` is (head dim, keys), ``v`` (keys, head dim)."""
+    qk, _ = _scores(_dot(q, k, UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
+                    cap_in, cap_out, alibi, SOFTCAP, ALIBI)
+    if MASKED:
+        qk = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
+                      qk, float("-inf"))
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
+        m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+    else:
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        m_sub = m_ij
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DROPOUT:
+        # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
+        p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p), p, 0.0)
+    acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
+    return acc, l_i, m_ij
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
     k_ptrs, v_ptrs, stride_kn, stride_vn,
@@ -115,27 +145,60 @@ def _attn_fwd_inner(
         else:
             k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
             v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        qk, _ = _scores(_dot(q, k, UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
-                        cap_in, cap_out, alibi, SOFTCAP, ALIBI)
-        if MASKED:
-            qk = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
-                          qk, float("-inf"))
-            m_ij = tl.maximum(m_i, tl.max(qk, 1))
-            # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
-            m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
-        else:
-            m_ij = tl.maximum(m_i, tl.max(qk, 1))
-            m_sub = m_ij
-        p = tl.math.exp2(qk - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
-            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p), p, 0.0)
-        acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
-        m_i = m_ij
+        acc, l_i, m_i = _attn_fwd_step(
+            acc, l_i, m_i, q, k, v, offs_m, cols, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
+            seed, bh, dropout_p, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        )
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_inner_tma(
+    acc, l_i, m_i, q, desc_k, desc_v, off_z, off_hk,
+    offs_m, offs_n, lo, hi, N_K, diag, qk_scale,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The key loop with tensor-descriptor loads; the copy engine fills rows past the sequence with zeros."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        k = tl.trans(desc_k.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+        v = desc_v.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        acc, l_i, m_i = _attn_fwd_step(
+            acc, l_i, m_i, q, k, v, offs_m, start_n + offs_n, N_K, diag, qk_scale, cap_in, cap_out, alibi,
+            win_l, win_r, seed, bh, dropout_p, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        )
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_stage(
+    acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
+    offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
+    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr, EVEN_D: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+):
+    """Keys [lo, hi) through the descriptor loop (TMA: k_ptrs, v_ptrs are descriptors) or the pointer loop."""
+    if TMA:
+        acc, l_i, m_i = _attn_fwd_inner_tma(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, off_z, off_hk, offs_m, offs_n, lo, hi, N_K, diag, qk_scale,
+            cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, BLOCK_N, BLOCK_D, MASKED, HAS_LEFT,
+            HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        )
+    else:
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d, lo, hi, N_K, diag,
+            qk_scale, cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, HEAD_DIM, BLOCK_N, MASKED,
+            EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        )
     return acc, l_i, m_i
 
 
@@ -183,7 +246,7 @@ def _attn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Forward attention: O = softmax(scores) V and LSE (natural log, fp32).
@@ -194,7 +257,8 @@ def _attn_fwd_kernel(
     win_l/win_r; causal is HAS_RIGHT with win_r = 0), SOFTCAP (cap_in = scale / softcap, cap_out = softcap *
     log2 e), ALIBI (slopes at ALIBI_SLOPES + batch * stride_az + head), DROPOUT (seed at SEED), UPCAST (dot in
     fp32, interpreter bf16 only), PRECISION (tl.dot input precision for fp32 inputs), EVEN_M/EVEN_D (no ragged
-    tile along that axis). Rows that see no key get O = 0 and LSE = +inf, as in flash-attn.
+    tile along that axis), TMA (Q, K, V, O are 4-D tensor descriptors over (batch, heads, seqlen, head dim) with
+    blocks (1, 1, tile, BLOCK_D), loaded by the copy engine; sm_90+, not with VARLEN). Rows that see no key get O = 0 and LSE = +inf, as in flash-attn.
     """
     start_m = tl.program_id(0)
     off_zh = tl.program_id(1)
@@ -220,17 +284,21 @@ def _attn_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
 
-    q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-        + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
-    k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + k_start64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
-
-    if EVEN_M and EVEN_D:
-        q = tl.load(q_ptrs)
+    if TMA:
+        k_ptrs = K
+        v_ptrs = V
+        q = Q.load([off_z, off_h, start_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     else:
-        q = tl.load(q_ptrs, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
+            + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
+        k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
+            + k_start64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None]
+        v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
+            + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if EVEN_M and EVEN_D:
+            q = tl.load(q_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
     qk_scale = sm_scale * LOG2E
     alibi = 0.0
@@ -246,23 +314,23 @@ def _attn_fwd_kernel(
     diag = N_K - N_Q
     lo, a, b, hi = _key_ranges(start_m * BLOCK_M, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:
-        acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        acc, l_i, m_i = _attn_fwd_stage(
+            acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
             offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
-            seed, off_zh, dropout_p,
-            HEAD_DIM, BLOCK_N, True, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+            seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, True, EVEN_D, HAS_LEFT, HAS_RIGHT,
+            SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
         )
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+    acc, l_i, m_i = _attn_fwd_stage(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
-        seed, off_zh, dropout_p,
-        HEAD_DIM, BLOCK_N, False, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, False, EVEN_D, HAS_LEFT, HAS_RIGHT,
+        SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
-    acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+    acc, l_i, m_i = _attn_fwd_stage(
+        acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
-        seed, off_zh, dropout_p,
-        HEAD_DIM, BLOCK_N, True, EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, True, EVEN_D, HAS_LEFT, HAS_RIGHT,
+        SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
 
     empty = l_i == 0.0
@@ -273,16 +341,20 @@ def _attn_fwd_kernel(
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_i)) * LN2)
 
     lse_ptrs = LSE + off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start + offs_m
-    o_ptrs = O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh \
-        + q_start64 * stride_om + offs_m[:, None] * stride_om + offs_d[None, :]
     if EVEN_M:
         tl.store(lse_ptrs, lse)
     else:
         tl.store(lse_ptrs, lse, mask=offs_m < N_Q)
-    if EVEN_M and EVEN_D:
-        tl.store(o_ptrs, acc.to(O.dtype.element_ty))
+    if TMA:
+        # Rows past the sequence are clipped by the copy engine.
+        O.store([off_z, off_h, start_m * BLOCK_M, 0], acc.to(q.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
     else:
-        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+        o_ptrs = O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh \
+            + q_start64 * stride_om + offs_m[:, None] * stride_om + offs_d[None, :]
+        if EVEN_M and EVEN_D:
+            tl.store(o_ptrs, acc.to(O.dtype.element_ty))
+        else:
+            tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
