@@ -20,8 +20,11 @@ TMA = False  # --tma: the forward loads tiles with tensor descriptors (sm_90+)
 KINDS = ("fwd", "bwd")  # --only
 
 
-def cfg_with(fwd: BlockConfig, bwd: BackwardConfig) -> KernelsConfig:
-    return KernelsConfig("sweep", ((256, fwd),), ((256, bwd),), ((256, bwd),), tma=TMA)
+def cfg_with(fwd: BlockConfig, bwd: BackwardConfig, head_dim: int) -> KernelsConfig:
+    # One tier ending at the swept head dim: select_config fits tiles to the widest head dim of their tier, so a
+    # tier up to 256 would shrink tiles that fit at this head dim.
+    d = max(head_dim, 16)
+    return KernelsConfig("sweep", ((d, fwd),), ((d, bwd),), ((d, bwd),), max_headdim=d, tma=TMA)
 
 
 FWD_CANDIDATES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 4, 3), (128, 128, 8, 2),
@@ -46,7 +49,7 @@ def sweep_shape(d: int, n: int, causal: bool) -> list[dict]:
         best["fwd"] = (0.0, BlockConfig(*FWD_CANDIDATES[0]))
     for m_, n_, w, s in FWD_CANDIDATES if "fwd" in KINDS else ():
         c = BlockConfig(m_, n_, w, s)
-        cfg = cfg_with(c, BackwardConfig(BlockConfig(*DKDV_CANDIDATES[0]), BlockConfig(*DKDV_CANDIDATES[0])))
+        cfg = cfg_with(c, BackwardConfig(BlockConfig(*DKDV_CANDIDATES[0]), BlockConfig(*DKDV_CANDIDATES[0])), d)
         try:
             out = fa2dist.flash_attention(q, k, v, causal=causal, config=cfg)
             if (out[:1].float() - ref).abs().max().item() > 3e-2:
@@ -65,7 +68,7 @@ def sweep_shape(d: int, n: int, causal: bool) -> list[dict]:
         for m_, n_, w, s in DKDV_CANDIDATES:
             c = BlockConfig(m_, n_, w, s)
             dq = BlockConfig(n_, m_, w, s)
-            cfg = cfg_with(fbest, BackwardConfig(c, dq))
+            cfg = cfg_with(fbest, BackwardConfig(c, dq), d)
             try:
                 out = fa2dist.flash_attention(q, k, v, causal=causal, config=cfg, deterministic=det)
                 ms = _time(lambda out=out: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))

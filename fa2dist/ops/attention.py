@@ -283,12 +283,9 @@ def attn_fwd(
     def args(t: BlockConfig) -> tuple:
         tensors = (q, k, v, out)
         if tma:
-            # (batch, heads, seqlen, head dim) views; blocks of one head's rows.
-            q_dims, kv_dims = [batch, nheads, seqlen_q, head_dim], [batch, nheads_kv, seqlen_k, head_dim]
-            tensors = tuple(
-                TensorDescriptor(x, dims, [*_strides(x, layout), 1], [1, 1, rows, block_d])
-                for x, dims, rows in ((q, q_dims, t.block_m), (k, kv_dims, t.block_n), (v, kv_dims, t.block_n),
-                                      (out, q_dims, t.block_m))
+            tensors = _descriptors(
+                block_d, (q, layout, t.block_m), (k, layout, t.block_n), (v, layout, t.block_n),
+                (out, layout, t.block_m),
             )
         return (
             *tensors, lse, *pointers, *feats.scalars(),
@@ -305,6 +302,18 @@ def attn_fwd(
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
     )
     return out, lse
+
+
+def _descriptors(block_d: int, *specs) -> tuple:
+    """Tensor descriptors over (batch, heads, seqlen, head dim) views of dense ``(tensor, layout, rows)`` specs,
+    with blocks of ``rows`` rows of one head, ``block_d`` wide (the copy engine zero-fills past the head dim)."""
+    out = []
+    for x, layout, rows in specs:
+        heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
+        out.append(TensorDescriptor(
+            x, [x.shape[0], heads, seqlen, x.shape[3]], [*_strides(x, layout), 1], [1, 1, rows, block_d]
+        ))
+    return tuple(out)
 
 
 def _tma_ready(layout: str, *tensors: torch.Tensor) -> bool:
@@ -374,7 +383,10 @@ def attn_bwd(
             dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
             dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
-    key = (q.device, q.dtype, head_dim, feats.flags(), deterministic)
+    tma = config.tma and _tma_ready(layout, q, k, v, do)
+    # Reductions through descriptors: not in Triton's interpreter (it has no descriptor reduce).
+    tma_dq = tma and not deterministic and not INTERPRET
+    key = (q.device, q.dtype, head_dim, feats.flags(), deterministic, tma)
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     dkdv_name = "dkdv" if deterministic else "dkdv_atomic"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
@@ -383,27 +395,41 @@ def attn_bwd(
     )
     windows = (max(feats.window_left, 0), max(feats.window_right, 0))
     constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=precision)
-    _launch(
-        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
-        (
-            q, k, v, do, dk, dv, dq_acc, lse, delta, *pointers, *feats.scalars(),
+
+    def dkdv_args(t: BlockConfig) -> tuple:
+        q_, do_, dq_ = q, do, dq_acc
+        if tma:
+            q_, do_ = _descriptors(block_d, (q, layout, t.block_m), (do, layout, t.block_m))
+        if tma_dq:
+            (dq_,) = _descriptors(block_d, (dq_acc, "bhsd", t.block_m))  # fp32 (batch, heads, seqlen, d)
+        return (
+            q_, k, v, do_, dk, dv, dq_, lse, delta, *pointers, *feats.scalars(),
             *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
             *_strides(do, layout), *_strides(dk, layout), *_strides(dv, layout), *dq_strides, *tail,
             nheads_kv, group, seqlen_q, seqlen_k, *windows,
-        ),
+        )
+
+    _launch(
+        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+        dkdv_args,
         # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
-        dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0),
+        dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0, TMA=tma,
+             TMA_DQ=tma_dq),
         prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
     )
     if deterministic:
-        _launch(
-            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads),
-            (
-                q, k, v, do, dq, lse, delta, *pointers, *feats.scalars(),
+
+        def dq_args(t: BlockConfig) -> tuple:
+            k_, v_ = _descriptors(block_d, (k, layout, t.block_n), (v, layout, t.block_n)) if tma else (k, v)
+            return (
+                q, k_, v_, do, dq, lse, delta, *pointers, *feats.scalars(),
                 *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
                 *_strides(do, layout), *dq_strides, *tail, nheads, group, seqlen_q, seqlen_k, *windows,
-            ),
-            constexprs,
+            )
+
+        _launch(
+            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads), dq_args,
+            dict(constexprs, TMA=tma),
             prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )
     else:

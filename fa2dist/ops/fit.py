@@ -240,9 +240,10 @@ def kernel_source(
             constexprs.update(EVEN_M=aligned, EVEN_D=head_dim == block_d, TMA=False)
             pointers.update(O=ty)
         elif kernel in ("dkdv", "dkdv_atomic"):
-            constexprs.update(ATOMIC_DQ=kernel == "dkdv_atomic", KEY_TAIL=not aligned)
+            constexprs.update(ATOMIC_DQ=kernel == "dkdv_atomic", KEY_TAIL=not aligned, TMA=False, TMA_DQ=False)
             pointers.update(DO=ty, DK=ty, DV=ty, DQ="fp32" if kernel == "dkdv_atomic" else ty)
         else:
+            constexprs["TMA"] = False
             pointers.update(DO=ty, DQ=ty)
     if kernel != "preprocess":
         # Pointers of features this compile leaves out (variable length, ALiBi, dropout) are passed as None.

@@ -75,22 +75,32 @@ def tma_config(monkeypatch):
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", SHAPES[1:8], ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
-def test_tensor_descriptor_forward_matches_reference(shape, causal, layout, tma_config):
-    """The forward with tensor-descriptor loads (the Hopper path): ragged tiles come from the copy engine's
-    zero fill and clipped stores, not masks."""
+def test_tensor_descriptor_kernels_match_reference(shape, causal, layout, tma_config):
+    """Forward and backward with tensor-descriptor loads (the Hopper path): ragged tiles come from the copy
+    engine's zero fill and clipped stores, not masks. (The interpreter has no descriptor reductions, so the
+    sequence-parallel dQ still adds with pointer atomics here.)"""
     config, built = tma_config
     batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
     seed = zlib.crc32(repr(("tma", shape, causal, layout)).encode())
     q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.float16, "cpu", layout, seed)
-    out, lse = fa2dist.flash_attention(q, k, v, causal=causal, layout=layout, return_lse=True, config=config)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    deterministic = bool(seed % 2)
+    out, lse = fa2dist.flash_attention(
+        q, k, v, causal=causal, layout=layout, return_lse=True, config=config, deterministic=deterministic
+    )
     assert len(built) == 4, "the forward did not take the tensor-descriptor path"
-    do = torch.zeros_like(out)
-    out64, lse64, _ = reference_with_grads(q, k, v, do, causal, layout, torch.float64)
-    outlp, _, _ = reference_with_grads(q, k, v, do, causal, layout, None)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(out.dtype)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    # dK/dV reads Q and dO through descriptors; the deterministic dQ pass reads K and V through them.
+    assert len(built) == 4 + (4 if deterministic else 2), "the backward did not take the tensor-descriptor path"
+    out64, lse64, grads64 = reference_with_grads(q, k, v, do, causal, layout, torch.float64)
+    outlp, _, gradslp = reference_with_grads(q, k, v, do, causal, layout, None)
     check_against_reference("out", to_bhsd(out, layout), out64, outlp, 2, 1e-5)
     assert torch.equal(torch.isinf(lse), torch.isinf(lse64)), "rows that see no key must have lse = +inf"
     finite = torch.isfinite(lse64)
     assert (lse[finite].double() - lse64[finite]).abs().max().item() <= 1e-4 if finite.any() else True
+    for name, g, g64, glp in zip(("dq", "dk", "dv"), grads, grads64, gradslp):
+        check_against_reference(name, to_bhsd(g, layout), g64, glp, 3, 1e-5)
 
 
 def test_tensor_descriptor_forward_falls_back_where_it_cannot_address(tma_config):

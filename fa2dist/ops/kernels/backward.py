@@ -45,25 +45,33 @@ def _attn_bwd_preprocess_kernel(
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v,
-    q_ptrs, do_ptrs, dq_ptrs, LSE, DELTA, stride_qm, stride_dom, stride_dqm,
+    q_ptrs, do_ptrs, dq_ptrs, LSE, DELTA, stride_qm, stride_dom, stride_dqm, off_z, off_h,
     offs_m, offs_n, offs_d, lo, hi, N_Q, N_K, diag, qk_scale, sm_scale,
     cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    KEY_TAIL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    KEY_TAIL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+    TMA_DQ: tl.constexpr,
 ):
-    q_ptrs += lo * stride_qm
-    do_ptrs += lo * stride_dom
-    if ATOMIC_DQ:
+    # TMA: q_ptrs, do_ptrs are tensor descriptors (zero fill past the sequence); TMA_DQ: so is dq_ptrs (clipped
+    # bulk reductions).
+    if not TMA:
+        q_ptrs += lo * stride_qm
+        do_ptrs += lo * stride_dom
+    if ATOMIC_DQ and not TMA_DQ:
         dq_ptrs += lo * stride_dqm
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
         row_mask = rows < N_Q
         qd_mask = row_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-        q = tl.load(q_ptrs, mask=qd_mask, other=0.0)
-        do = tl.load(do_ptrs, mask=qd_mask, other=0.0)
+        if TMA:
+            q = q_ptrs.load([off_z, off_h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+            do = do_ptrs.load([off_z, off_h, start_m, 0]).reshape(BLOCK_M, BLOCK_D)
+        else:
+            q = tl.load(q_ptrs, mask=qd_mask, other=0.0)
+            do = tl.load(do_ptrs, mask=qd_mask, other=0.0)
         lse = tl.load(LSE + rows, mask=row_mask, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + rows, mask=row_mask, other=0.0)
         # Transposed tiles (keys along rows) so dK and dV accumulate without a transpose of the accumulators.
@@ -90,10 +98,15 @@ def _attn_bwd_dkdv_inner(
                 # Keys past the end load as 0, but their P may be inf (unmasked tiles); 0 * inf would be NaN in dQ.
                 dsT = tl.where(offs_n[:, None] < N_K, dsT, 0.0)
             dq = _dot(tl.trans(dsT.to(k.dtype)), k, UPCAST, PRECISION) * sm_scale
-            tl.atomic_add(dq_ptrs, dq, mask=qd_mask, sem="relaxed")
-            dq_ptrs += BLOCK_M * stride_dqm
-        q_ptrs += BLOCK_M * stride_qm
-        do_ptrs += BLOCK_M * stride_dom
+            if TMA_DQ:
+                # One bulk reduction of the tile through shared memory instead of an atomic per element.
+                dq_ptrs.atomic_add([off_z, off_h, start_m, 0], dq.reshape(1, 1, BLOCK_M, BLOCK_D))
+            else:
+                tl.atomic_add(dq_ptrs, dq, mask=qd_mask, sem="relaxed")
+                dq_ptrs += BLOCK_M * stride_dqm
+        if not TMA:
+            q_ptrs += BLOCK_M * stride_qm
+            do_ptrs += BLOCK_M * stride_dom
     return dk, dv
 
 
@@ -136,12 +149,15 @@ def _attn_bwd_dkdv_kernel(
     VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, KEY_TAIL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr, TMA_DQ: tl.constexpr,
 ):
     """dK and dV for one key block of one key/value head, summed over its GROUP query heads in a fixed order.
 
     Grid: (cdiv(max seqlen_k, BLOCK_N), batch * H_KV). Constexprs as in the forward kernel, plus ATOMIC_DQ
     (sequence-parallel mode: also add this block's dQ contribution into the fp32 DQ buffer with atomics) and KEY_TAIL
-    (some key block may end past the sequence: a blocked-out tail whose P must not reach the atomic dQ).
+    (some key block may end past the sequence: a blocked-out tail whose P must not reach the atomic dQ), TMA
+    (Q and DO are tensor descriptors over (batch, heads, seqlen, head dim), blocks (1, 1, BLOCK_M, BLOCK_D); sm_90+,
+    not with VARLEN) and TMA_DQ (so is the fp32 DQ buffer, reduced into by the copy engine).
     LSE and DELTA share the strides (stride_lz, stride_lh, 1).
     """
     start_n = tl.program_id(0) * BLOCK_N
@@ -189,37 +205,44 @@ def _attn_bwd_dkdv_kernel(
         alibi = 0.0
         if ALIBI:
             alibi = tl.load(ALIBI_SLOPES + off_z * stride_az + off_h).to(tl.float32) * LOG2E
-        q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-            + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
-        do_ptrs = DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh \
-            + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :]
-        dq_ptrs = DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh \
-            + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :]
+        if TMA:
+            q_ptrs = Q
+            do_ptrs = DO
+        else:
+            q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
+                + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
+            do_ptrs = DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh \
+                + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :]
+        if TMA_DQ:
+            dq_ptrs = DQ
+        else:
+            dq_ptrs = DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh \
+                + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :]
         row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
         lse_ptr = LSE + row_offset
         delta_ptr = DELTA + row_offset
         if HAS_RIGHT:
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
                 offs_m, offs_n, offs_d, lo, a, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
-                UPCAST, PRECISION,
+                HEAD_DIM, BLOCK_M, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
+                KEY_TAIL, UPCAST, PRECISION, TMA, TMA_DQ,
             )
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+            dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
             offs_m, offs_n, offs_d, a, b, N_Q, N_K, diag, qk_scale, sm_scale,
             cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_M, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
-            UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_D, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
+            KEY_TAIL, UPCAST, PRECISION, TMA, TMA_DQ,
         )
         if HAS_LEFT:
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
                 offs_m, offs_n, offs_d, b, hi, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-                HEAD_DIM, BLOCK_M, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ, KEY_TAIL,
-                UPCAST, PRECISION,
+                HEAD_DIM, BLOCK_M, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
+                KEY_TAIL, UPCAST, PRECISION, TMA, TMA_DQ,
             )
 
     # d(score)/d(q.k) is the softmax scale, times 1 - tanh^2 with a softcap (that factor is already in dS).
@@ -235,16 +258,18 @@ def _attn_bwd_dkdv_kernel(
 @triton.jit
 def _attn_bwd_dq_inner(
     dq, q, do, lse, delta,
-    k_ptrs, v_ptrs, stride_kn, stride_vn,
+    k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
     offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
     cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
+    # TMA: k_ptrs, v_ptrs are tensor descriptors (zero fill past the sequence).
+    if not TMA:
+        k_ptrs += lo * stride_kn
+        v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
@@ -252,8 +277,12 @@ def _attn_bwd_dq_inner(
             kv_mask = (cols[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
         else:
             kv_mask = offs_d[None, :] < HEAD_DIM
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        if TMA:
+            k = k_ptrs.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = v_ptrs.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
+        else:
+            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         s, t = _scores(_dot(q, tl.trans(k), UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
                        cap_in, cap_out, alibi, SOFTCAP, ALIBI)
         p = tl.math.exp2(s - lse[:, None])
@@ -268,8 +297,9 @@ def _attn_bwd_dq_inner(
         if SOFTCAP:
             ds *= 1.0 - t * t
         dq = _dot(ds.to(k.dtype), k, UPCAST, PRECISION, dq)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        if not TMA:
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
     return dq
 
 
@@ -287,9 +317,12 @@ def _attn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H)."""
+    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H).
+
+    TMA: K and V are tensor descriptors over (batch, kv heads, seqlen_k, head dim), blocks (1, 1, BLOCK_N, BLOCK_D).
+    """
     start_m = tl.program_id(0) * BLOCK_M
     off_zh = tl.program_id(1)
     off_z = off_zh // H
@@ -321,10 +354,14 @@ def _attn_bwd_dq_kernel(
     row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
     lse = tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + row_offset + offs_m, mask=row_mask, other=0.0)
-    k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-        + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-        + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if TMA:
+        k_ptrs = K
+        v_ptrs = V
+    else:
+        k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
+            + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
+            + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     alibi = 0.0
@@ -338,22 +375,22 @@ def _attn_bwd_dq_kernel(
     lo, a, b, hi = _key_ranges(start_m, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+            dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
             offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale,
             cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_N, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
         )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale,
         cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
-        HEAD_DIM, BLOCK_N, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        HEAD_DIM, BLOCK_N, BLOCK_D, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale,
         cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
-        HEAD_DIM, BLOCK_N, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
+        HEAD_DIM, BLOCK_N, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
     dq *= sm_scale
     tl.store(DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh
