@@ -281,17 +281,17 @@ _HOPPER = KernelsConfig(
     family="hopper",
     forward=((64, BlockConfig(128, 64, 4, 3)), (128, BlockConfig(128, 128, 8, 3)), (256, BlockConfig(128, 64, 8, 2))),
     backward_deterministic=(
-        (64, _bw((32, 128, 4, 3), (128, 32, 4, 3))),
+        (64, _bw((64, 64, 4, 3), (64, 64, 4, 3))),
         (128, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
-        (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
+        (256, _bw((64, 64, 8, 2), (64, 64, 8, 2))),
     ),
     backward_sequence_parallel=(
-        (64, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
-        (128, _bw((64, 128, 8, 3), (128, 64, 8, 3))),
+        (64, _bw((64, 64, 4, 3), (64, 64, 4, 3))),
+        (128, _bw((64, 128, 8, 2), (128, 64, 8, 2))),
         (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
     ),
     source="sweep on H100 80GB HBM3, Triton 3.6.0, bf16 seqlen 4k, 2026-11-25 (benchmarks/SWEEP_NOTES.md); "
-    "head dim 256 dK/dV swept 2026-11-26",
+    "backward re-swept with tensor-descriptor loads 2026-11-26",
     tma=True,
 )
 _BLACKWELL = replace(

@@ -47,6 +47,18 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
 
 
 @triton.jit
+def _prob(s, lse, PRECISION: tl.constexpr):
+    """P = exp(score - lse) from scores in log2 units and the natural-log LSE. For fp32 inputs (IEEE dots) the
+    exponent is formed in fp64: in fp32, converting the LSE to log2 units and subtracting at |x| ~ 15 costs P
+    several ulp, which the long dK/dV sums then show (2-4x PyTorch's own error at 2k rows)."""
+    if PRECISION == "ieee":
+        x = (s.to(tl.float64) - lse.to(tl.float64) * 1.4426950408889634).to(tl.float32)
+    else:
+        x = s - lse * LOG2E
+    return tl.math.exp2(x)
+
+
+@triton.jit
 def _tanh(x):
     # From one exp2; saturates cleanly to +-1 (exp2 overflows to inf or underflows to 0).
     return 1.0 - 2.0 / (tl.math.exp2(x * (2.0 * LOG2E)) + 1.0)
@@ -338,7 +350,11 @@ def _attn_fwd_kernel(
     if DROPOUT:
         scale *= dropout_scale
     acc = acc * scale[:, None]
-    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_i)) * LN2)
+    if PRECISION == "ieee":  # one rounding to fp32 (see _prob)
+        lse = ((m_i.to(tl.float64) + tl.math.log2(l_i).to(tl.float64)) * 0.6931471805599453).to(tl.float32)
+    else:
+        lse = (m_i + tl.math.log2(l_i)) * LN2
+    lse = tl.where(empty, float("inf"), lse)
 
     lse_ptrs = LSE + off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start + offs_m
     if EVEN_M:
