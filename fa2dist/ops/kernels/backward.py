@@ -15,7 +15,16 @@ they could reach a stored value.
 import triton
 import triton.language as tl
 
-from fa2dist.ops.kernels.forward import LOG2E, _dot, _dropout_keep, _key_ranges, _prob, _scores, _visible
+from fa2dist.ops.kernels.forward import (
+    LOG2E,
+    _dot,
+    _dropout_keep,
+    _key_ranges,
+    _lse_log2,
+    _prob,
+    _scores,
+    _visible,
+)
 
 
 @triton.jit
@@ -72,12 +81,12 @@ def _attn_bwd_dkdv_inner(
         else:
             q = tl.load(q_ptrs, mask=qd_mask, other=0.0)
             do = tl.load(do_ptrs, mask=qd_mask, other=0.0)
-        lse = tl.load(LSE + rows, mask=row_mask, other=float("inf"))
+        lse_hi, lse_lo = _lse_log2(tl.load(LSE + rows, mask=row_mask, other=float("inf")), PRECISION)
         delta = tl.load(DELTA + rows, mask=row_mask, other=0.0)
         # Transposed tiles (keys along rows) so dK and dV accumulate without a transpose of the accumulators.
         sT, tT = _scores(_dot(k, tl.trans(q), UPCAST, PRECISION), rows[None, :], offs_n[:, None], diag, qk_scale,
                          cap_in, cap_out, alibi, SOFTCAP, ALIBI)
-        pT = _prob(sT, lse[None, :], PRECISION)
+        pT = _prob(sT, lse_hi[None, :], lse_lo[None, :], PRECISION)
         if MASKED:
             pT = tl.where(_visible(rows[None, :], offs_n[:, None], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
                           pT, 0.0)
@@ -257,7 +266,7 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _attn_bwd_dq_inner(
-    dq, q, do, lse, delta,
+    dq, q, do, lse_hi, lse_lo, delta,
     k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
     offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
     cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
@@ -285,7 +294,7 @@ def _attn_bwd_dq_inner(
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         s, t = _scores(_dot(q, tl.trans(k), UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
                        cap_in, cap_out, alibi, SOFTCAP, ALIBI)
-        p = _prob(s, lse[:, None], PRECISION)
+        p = _prob(s, lse_hi[:, None], lse_lo[:, None], PRECISION)
         if MASKED:
             p = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
                          p, 0.0)
@@ -352,7 +361,7 @@ def _attn_bwd_dq_kernel(
     do = tl.load(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
                  + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
     row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
-    lse = tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf"))
+    lse_hi, lse_lo = _lse_log2(tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf")), PRECISION)
     delta = tl.load(DELTA + row_offset + offs_m, mask=row_mask, other=0.0)
     if TMA:
         k_ptrs = K
@@ -375,19 +384,19 @@ def _attn_bwd_dq_kernel(
     lo, a, b, hi = _key_ranges(start_m, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
+            dq, q, do, lse_hi, lse_lo, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
             offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale,
             cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_N, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
         )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
+        dq, q, do, lse_hi, lse_lo, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale,
         cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_N, BLOCK_D, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
+        dq, q, do, lse_hi, lse_lo, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale,
         cap_in, cap_out, alibi, win_l, win_r, seed, off_zh, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_N, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,

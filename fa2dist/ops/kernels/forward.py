@@ -47,14 +47,29 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
 
 
 @triton.jit
-def _prob(s, lse, PRECISION: tl.constexpr):
-    """P = exp(score - lse) from scores in log2 units and the natural-log LSE. For fp32 inputs (IEEE dots) the
-    exponent is formed in fp64: in fp32, converting the LSE to log2 units and subtracting at |x| ~ 15 costs P
-    several ulp, which the long dK/dV sums then show (2-4x PyTorch's own error at 2k rows)."""
+def _lse_log2(lse, PRECISION: tl.constexpr):
+    """A row vector of natural-log LSEs in log2 units, as hi + lo fp32 parts for _prob. For fp32 inputs (IEEE
+    dots) the conversion runs in fp64 and keeps its rounding error in ``lo``: in fp32 alone, converting at |x| ~ 15
+    costs P several ulp, which the long dK/dV sums show (2-4x PyTorch's own error at 2k rows). Elsewhere lo = 0."""
     if PRECISION == "ieee":
-        x = (s.to(tl.float64) - lse.to(tl.float64) * 1.4426950408889634).to(tl.float32)
+        finite = lse < float("inf")  # rows that see no key keep hi = +inf (P = 0), lo = 0
+        wide = tl.where(finite, lse, 0.0).to(tl.float64) * 1.4426950408889634
+        hi = wide.to(tl.float32)
+        lo = (wide - hi.to(tl.float64)).to(tl.float32)
+        hi = tl.where(finite, hi, float("inf"))
     else:
-        x = s - lse * LOG2E
+        hi = lse * LOG2E
+        lo = tl.zeros_like(hi)
+    return hi, lo
+
+
+@triton.jit
+def _prob(s, hi, lo, PRECISION: tl.constexpr):
+    """P = 2^(score - lse) from scores and the LSE in log2 units (hi + lo, from _lse_log2), broadcastable."""
+    if PRECISION == "ieee":
+        x = (s - hi) - lo  # s - hi is exact near the row maximum (Sterbenz), where P matters
+    else:
+        x = s - hi
     return tl.math.exp2(x)
 
 
