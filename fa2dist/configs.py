@@ -295,7 +295,12 @@ _HOPPER = KernelsConfig(
     tma=True,
 )
 _BLACKWELL = replace(
-    _HOPPER, family="blackwell", source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)", tma=False
+    _HOPPER,
+    family="blackwell",
+    # sm_100 lays out the d256 dK/dV kernel with more shared memory than sm_90: one stage fewer there.
+    backward_deterministic=_HOPPER.backward_deterministic[:2] + ((256, _bw((64, 64, 8, 1), (64, 64, 8, 2))),),
+    source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)",
+    tma=False,
 )
 _BLACKWELL_CONSUMER = replace(
     _ADA, family="blackwell_consumer", source="Ada's tiles; fits sm_120's 99 KB (cross-compiled, Triton 3.6.0)"

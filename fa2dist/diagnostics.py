@@ -130,6 +130,7 @@ def _gpu_info(index: int, head_dims: Sequence[int]) -> dict:
         family=config.family,
         config_source=config.source,
         max_headdim=config.max_headdim,
+        tma=config.tma,
         warnings=[str(w.message) for w in caught],
         tiles=_config_tiles(config, head_dims),
     )
@@ -178,7 +179,10 @@ def format_info(info: dict) -> str:
         if not gpu["supported"]:
             lines.append(f"    not supported: {gpu['error']}")
             continue
-        lines.append(f"    config: {gpu['family']} (max head dim {gpu['max_headdim']}; {gpu['config_source']})")
+        loads = "tensor descriptors (TMA) where aligned" if gpu["tma"] else "pointer loads"
+        lines.append(
+            f"    config: {gpu['family']} (max head dim {gpu['max_headdim']}; {loads}; {gpu['config_source']})"
+        )
         for message in gpu["warnings"]:
             lines.append(f"    warning: {message}")
         lines.append("    tiles as BLOCK_MxBLOCK_N, warps, stages:")

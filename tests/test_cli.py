@@ -181,3 +181,25 @@ def test_check_determinism_on_gpu():
     print(diagnostics.format_report(report))
     assert report.path == "triton"
     assert report.passed
+
+
+def test_info_text_names_each_gpus_config_and_load_path():
+    """The GPU part of `python -m fa2dist info`, from what _gpu_info gathers on an H100 and on a T4."""
+    from fa2dist.configs import config_for_capability
+
+    def gpu(index, name, capability, family):
+        config = config_for_capability(capability)
+        return dict(
+            index=index, name=name, capability=f"{capability[0]}.{capability[1]}", sm_count=132,
+            shared_memory_per_block=config.shared_memory_bytes or 232448, total_memory=80 * 2**30, supported=True,
+            family=config.family, config_source=config.source, max_headdim=config.max_headdim, tma=config.tma,
+            warnings=[], tiles=diagnostics._config_tiles(config, (64, 128)),
+        )
+
+    info = diagnostics.collect_info()
+    info["gpus"] = [gpu(0, "NVIDIA H100 80GB HBM3", (9, 0), "hopper"), gpu(1, "Tesla T4", (7, 5), "turing")]
+    text = diagnostics.format_info(info)
+    assert "GPUs: 2" in text
+    assert "config: hopper (max head dim 256; tensor descriptors (TMA) where aligned;" in text
+    assert "config: turing (max head dim 256; pointer loads;" in text
+    assert "     128  128x128 w8 s3" in text
