@@ -133,10 +133,11 @@ def _fit_fp32(name: str, cfg: BlockConfig, head_dim: int, config: KernelsConfig)
 
 
 def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args, constexprs: dict, prefit=None) -> None:
-    """Launch ``kernel`` with ``cfg``'s tiles (``args``: a tuple, or a function of the tiles); if they need more shared memory than the GPU has (fp32 inputs, a
-    custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the choice is
-    the same in every run) and remember the tiles that fit. ``prefit(cfg)``, if given, runs once per key, before
-    the first launch."""
+    """Launch ``kernel`` with ``cfg``'s tiles (``args``: a tuple, or a function of the tiles, for arguments such as
+    tensor descriptors whose blocks follow them); if the tiles need more shared memory than the GPU has (fp32
+    inputs, a custom config), shrink them step by step (fewer stages, then smaller tiles; no timing involved, so the
+    choice is the same in every run) and remember the tiles that fit. ``prefit(cfg)``, if given, runs once per key,
+    before the first launch."""
     key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), *key, cfg)
     tiles = _fitted.get(key)
     if tiles is None:
@@ -144,8 +145,8 @@ def _launch(kernel, key: tuple, cfg: BlockConfig, grid, args, constexprs: dict, 
     while True:
         try:
             kernel[grid(tiles)](
-                *(args(tiles) if callable(args) else args), **constexprs, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-                num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                *(args(tiles) if callable(args) else args), **constexprs,
+                BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
             )
             break
         except OutOfResources as err:

@@ -49,8 +49,8 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
 @triton.jit
 def _lse_log2(lse, PRECISION: tl.constexpr):
     """A row vector of natural-log LSEs in log2 units, as hi + lo fp32 parts for _prob. For fp32 inputs (IEEE
-    dots) the conversion runs in fp64 and keeps its rounding error in ``lo``: in fp32 alone, converting at |x| ~ 15
-    costs P several ulp, which the long dK/dV sums show (2-4x PyTorch's own error at 2k rows). Elsewhere lo = 0."""
+    dots) the conversion runs in fp64 and keeps its rounding error in ``lo``: in fp32 alone, rounding at |x| ~ 15
+    (about 1e-6) costs every P of the row several ulp. Elsewhere lo = 0 (2-byte inputs do not see it)."""
     if PRECISION == "ieee":
         finite = lse < float("inf")  # rows that see no key keep hi = +inf (P = 0), lo = 0
         wide = tl.where(finite, lse, 0.0).to(tl.float64) * 1.4426950408889634
