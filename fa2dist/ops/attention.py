@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -31,6 +32,17 @@ from fa2dist.ops.reference import attention_reference, varlen_reference
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LAYOUTS = ("bshd", "bhsd")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _cdiv(a: int, b: int) -> int:
+    # Plain integer arithmetic: triton.cdiv and triton.next_power_of_2 go through Triton's constexpr-function
+    # wrapper, a measurable share of a short call's host time.
+    return -(-a // b)
+
+
+def _block_d(head_dim: int) -> int:
+    """The head dim padded to a power of two, at least 16."""
+    return max(1 << (head_dim - 1).bit_length(), 16)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -180,10 +192,8 @@ class Features(NamedTuple):
     varlen: bool = False
 
     def constexprs(self) -> dict:
-        return dict(
-            VARLEN=self.varlen, HAS_LEFT=self.window_left >= 0, HAS_RIGHT=self.window_right >= 0,
-            SOFTCAP=self.softcap > 0, ALIBI=self.alibi, DROPOUT=self.dropout_p > 0,
-        )
+        """The kernels' feature flags (one shared dict per distinct Features: do not modify it)."""
+        return _feature_constexprs(self)
 
     def scalars(self) -> tuple:
         """sm_scale, cap_in, cap_out, dropout_p, dropout_scale: the kernels' float arguments."""
@@ -194,7 +204,15 @@ class Features(NamedTuple):
 
     def flags(self) -> tuple:
         """The part of the features that changes the compiled kernel (for the tile cache)."""
-        return tuple(self.constexprs().values())
+        return tuple(_feature_constexprs(self).values())
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_constexprs(feats: Features) -> dict:
+    return dict(
+        VARLEN=feats.varlen, HAS_LEFT=feats.window_left >= 0, HAS_RIGHT=feats.window_right >= 0,
+        SOFTCAP=feats.softcap > 0, ALIBI=feats.alibi, DROPOUT=feats.dropout_p > 0,
+    )
 
 
 _LOG2E = 1.4426950408889634
@@ -229,6 +247,8 @@ def _check_offsets(tensors, layout: str, seqlen_q: int, seqlen_k: int) -> None:
     """The kernels address rows inside one sequence with 32-bit offsets (64-bit per-element offsets cost the MMA
     pipelining on sm_90); batch, head and sequence starts are 64-bit. Refuse inputs whose offsets would overflow."""
     longest = max(seqlen_q, seqlen_k) + 256  # + one tile past the end
+    if longest * max(max(t.stride()) for _, t in tensors) < 2**31 - 2**16:
+        return  # no in-sequence offset can reach 2^31 (the common case: one check, no per-layout strides)
     for name, t in tensors:
         if longest * abs(_strides(t, layout)[2]) + t.shape[-1] >= 2**31:
             raise ValueError(
@@ -275,7 +295,7 @@ def attn_fwd(
         lse.fill_(float("inf"))
         return out, lse
     _check_offsets((("q", q), ("k", k), ("v", v), ("out", out)), layout, seqlen_q, seqlen_k)
-    block_d = max(triton.next_power_of_2(head_dim), 16)
+    block_d = _block_d(head_dim)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
@@ -297,7 +317,7 @@ def attn_fwd(
 
     _launch(
         _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags(), tma), config.forward_for(head_dim),
-        lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads), args,
+        lambda t: (_cdiv(seqlen_q, t.block_m), batch * nheads), args,
         dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=_precision(q.dtype),
              TMA=tma),
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
@@ -359,7 +379,7 @@ def attn_bwd(
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
     _check_offsets((("grad_out", do),), layout, seqlen_q, seqlen_k)
     group = nheads // nheads_kv
-    block_d = max(triton.next_power_of_2(head_dim), 16)
+    block_d = _block_d(head_dim)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     precision = _precision(q.dtype)
     bcfg = config.backward_for(head_dim, deterministic)
@@ -368,7 +388,7 @@ def attn_bwd(
     delta = torch.empty_like(lse)
     pre_block = 64
     pre_batch, pre_len = (1, q.shape[0]) if layout == "thd" else (batch, seqlen_q)
-    _attn_bwd_preprocess_kernel[(triton.cdiv(pre_len, pre_block), pre_batch * nheads)](
+    _attn_bwd_preprocess_kernel[(_cdiv(pre_len, pre_block), pre_batch * nheads)](
         out, do, delta, *_strides(out, layout), *_strides(do, layout), nheads, pre_len,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
@@ -411,7 +431,7 @@ def attn_bwd(
         )
 
     _launch(
-        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (triton.cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), batch * nheads_kv),
         dkdv_args,
         # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
         dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0, TMA=tma,
@@ -429,7 +449,7 @@ def attn_bwd(
             )
 
         _launch(
-            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (triton.cdiv(seqlen_q, t.block_m), batch * nheads), dq_args,
+            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (_cdiv(seqlen_q, t.block_m), batch * nheads), dq_args,
             dict(constexprs, TMA=tma),
             prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )
@@ -623,14 +643,15 @@ def _run(q, k, v, feats, layout, deterministic, config, cu_q=None, cu_k=None, ma
     """Dispatch to the compiled op, the autograd Function over the kernels, or (returns None) the PyTorch path."""
     if alibi_slopes is not None:
         alibi_slopes = _last_dim_contiguous(alibi_slopes)
-    if torch.compiler.is_compiling() and uses_kernels(q.device) and config is None:
+    kernels = uses_kernels(q.device)
+    if torch.compiler.is_compiling() and kernels and config is None:
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         out, lse, _ = _attn_fwd_op(
             q, k, v, cu_q, cu_k, alibi_slopes, max_q, max_k, feats.softmax_scale, feats.window_left,
             feats.window_right, feats.softcap, feats.dropout_p, layout, _compiled_mode(deterministic),
         )
         return out, lse
-    if uses_kernels(q.device):
+    if kernels:
         mode, _ = resolve_deterministic(deterministic)
         cfg = select_config(q.device, config)  # refuses GPUs older than Turing with a clear message
         head_dim = q.shape[-1]
