@@ -64,38 +64,13 @@ def _lse_log2(lse, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _exp2(x, PRECISION: tl.constexpr):
-    """2^x. For 2-byte inputs the MUFU approximation (ex2.approx, about 2 ulp). For fp32 inputs (IEEE dots) a
-    correctly scaled polynomial (Taylor to degree 7 on [-1/2, 1/2], about 0.5 ulp), so that P is as accurate as
-    PyTorch's fp32 softmax: with the approximation, long dV/dQ sums came out at up to 3.5x PyTorch's error."""
-    if PRECISION == "ieee":
-        # x may be -inf (masked scores); results below -126 become 0 at the end. NaN passes through.
-        xc = tl.maximum(x, -127.0, propagate_nan=tl.PropagateNan.ALL)
-        n = tl.floor(xc + 0.5)
-        f = xc - n
-        p = 1.525273380405984e-05
-        p = p * f + 0.00015403530393381606
-        p = p * f + 0.0013333558146428443
-        p = p * f + 0.009618129107628477
-        p = p * f + 0.05550410866482158
-        p = p * f + 0.2402265069591007
-        p = p * f + 0.6931471805599453
-        p = p * f + 1.0
-        scale = ((tl.maximum(n, -126.0).to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # 2^n, normal
-        y = tl.where(x < -126.0, 0.0, p * scale)  # below fp32's normal range (and -inf): 0
-    else:
-        y = tl.math.exp2(x)
-    return y
-
-
-@triton.jit
 def _prob(s, hi, lo, PRECISION: tl.constexpr):
     """P = 2^(score - lse) from scores and the LSE in log2 units (hi + lo, from _lse_log2), broadcastable."""
     if PRECISION == "ieee":
         x = (s - hi) - lo  # s - hi is exact near the row maximum (Sterbenz), where P matters
     else:
         x = s - hi
-    return _exp2(x, PRECISION)
+    return tl.math.exp2(x)
 
 
 @triton.jit
@@ -161,8 +136,8 @@ def _attn_fwd_step(
     else:
         m_ij = tl.maximum(m_i, tl.max(qk, 1))
         m_sub = m_ij
-    p = _exp2(qk - m_sub[:, None], PRECISION)
-    alpha = _exp2(m_i - m_sub, PRECISION)
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     if DROPOUT:
         # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
@@ -386,10 +361,7 @@ def _attn_fwd_kernel(
     )
 
     empty = l_i == 0.0
-    if PRECISION == "ieee":  # correctly rounded (`/` compiles to the approximate div.full.f32)
-        scale = tl.math.div_rn(1.0, tl.where(empty, 1.0, l_i))
-    else:
-        scale = 1.0 / tl.where(empty, 1.0, l_i)
+    scale = 1.0 / tl.where(empty, 1.0, l_i)
     if DROPOUT:
         scale *= dropout_scale
     acc = acc * scale[:, None]
