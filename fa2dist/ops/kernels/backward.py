@@ -232,14 +232,16 @@ def _attn_bwd_dkdv_kernel(
         delta_ptr = DELTA + row_offset
         if HAS_RIGHT:
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
+                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+                off_z, off_h,
                 offs_m, offs_n, offs_d, lo, a, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
                 HEAD_DIM, BLOCK_M, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
                 KEY_TAIL, UPCAST, PRECISION, TMA, TMA_DQ,
             )
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
+            dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+            off_z, off_h,
             offs_m, offs_n, offs_d, a, b, N_Q, N_K, diag, qk_scale, sm_scale,
             cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_M, BLOCK_D, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
@@ -247,7 +249,8 @@ def _attn_bwd_dkdv_kernel(
         )
         if HAS_LEFT:
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm, off_z, off_h,
+                dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dom, stride_dqm,
+                off_z, off_h,
                 offs_m, offs_n, offs_d, b, hi, N_Q, N_K, diag, qk_scale, sm_scale,
                 cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, dropout_scale,
                 HEAD_DIM, BLOCK_M, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, ATOMIC_DQ,
