@@ -22,6 +22,7 @@ from fa2dist.ops.kernels.forward import (
     _key_ranges,
     _lse_log2,
     _prob,
+    _row_ptrs,
     _scores,
     _visible,
 )
@@ -185,8 +186,7 @@ def _attn_bwd_dkdv_kernel(
     else:
         q_start = 0
         k_start = 0
-    # 64-bit scalar bases, 32-bit offsets inside a sequence: 64-bit per-element offsets stop the MMA pipelining
-    # (sm_90 SASS: 96 warpgroup fences against 14).
+    # Sequence starts as 64-bit scalars; offsets inside a sequence stay 32-bit (_row_ptrs).
     q_start64 = q_start.to(tl.int64) if VARLEN else 0
     k_start64 = k_start.to(tl.int64) if VARLEN else 0
 
@@ -194,10 +194,10 @@ def _attn_bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM)
-    k = tl.load(K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh
-                + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh
-                + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    k_ptrs = _row_ptrs(K, off_z, off_hk, k_start64, stride_kz, stride_kh, stride_kn, offs_n, offs_d)
+    v_ptrs = _row_ptrs(V, off_z, off_hk, k_start64, stride_vz, stride_vh, stride_vn, offs_n, offs_d)
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
@@ -218,15 +218,12 @@ def _attn_bwd_dkdv_kernel(
             q_ptrs = Q
             do_ptrs = DO
         else:
-            q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-                + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
-            do_ptrs = DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh \
-                + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :]
+            q_ptrs = _row_ptrs(Q, off_z, off_h, q_start64, stride_qz, stride_qh, stride_qm, offs_m, offs_d)
+            do_ptrs = _row_ptrs(DO, off_z, off_h, q_start64, stride_doz, stride_doh, stride_dom, offs_m, offs_d)
         if TMA_DQ:
             dq_ptrs = DQ
         else:
-            dq_ptrs = DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh \
-                + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :]
+            dq_ptrs = _row_ptrs(DQ, off_z, off_h, q_start64, stride_dqz, stride_dqh, stride_dqm, offs_m, offs_d)
         row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
         lse_ptr = LSE + row_offset
         delta_ptr = DELTA + row_offset
@@ -259,10 +256,8 @@ def _attn_bwd_dkdv_kernel(
 
     # d(score)/d(q.k) is the softmax scale, times 1 - tanh^2 with a softcap (that factor is already in dS).
     dk *= sm_scale
-    dk_ptrs = DK + off_z.to(tl.int64) * stride_dkz + off_hk.to(tl.int64) * stride_dkh \
-        + k_start64 * stride_dkn + offs_n[:, None] * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + off_z.to(tl.int64) * stride_dvz + off_hk.to(tl.int64) * stride_dvh \
-        + k_start64 * stride_dvn + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    dk_ptrs = _row_ptrs(DK, off_z, off_hk, k_start64, stride_dkz, stride_dkh, stride_dkn, offs_n, offs_d)
+    dv_ptrs = _row_ptrs(DV, off_z, off_hk, k_start64, stride_dvz, stride_dvh, stride_dvn, offs_n, offs_d)
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -359,10 +354,10 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_mask = offs_m < N_Q
     qd_mask = row_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
-                + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :], mask=qd_mask, other=0.0)
-    do = tl.load(DO + off_z.to(tl.int64) * stride_doz + off_h.to(tl.int64) * stride_doh
-                 + q_start64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask, other=0.0)
+    q_ptrs = _row_ptrs(Q, off_z, off_h, q_start64, stride_qz, stride_qh, stride_qm, offs_m, offs_d)
+    do_ptrs = _row_ptrs(DO, off_z, off_h, q_start64, stride_doz, stride_doh, stride_dom, offs_m, offs_d)
+    q = tl.load(q_ptrs, mask=qd_mask, other=0.0)
+    do = tl.load(do_ptrs, mask=qd_mask, other=0.0)
     row_offset = off_z.to(tl.int64) * stride_lz + off_h.to(tl.int64) * stride_lh + q_start
     lse_hi, lse_lo = _lse_log2(tl.load(LSE + row_offset + offs_m, mask=row_mask, other=float("inf")), PRECISION)
     delta = tl.load(DELTA + row_offset + offs_m, mask=row_mask, other=0.0)
@@ -370,10 +365,8 @@ def _attn_bwd_dq_kernel(
         k_ptrs = K
         v_ptrs = V
     else:
-        k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
-            + k_start64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-            + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+        k_ptrs = _row_ptrs(K, off_z, off_hk, k_start64, stride_kz, stride_kh, stride_kn, offs_n, offs_d)
+        v_ptrs = _row_ptrs(V, off_z, off_hk, k_start64, stride_vz, stride_vh, stride_vn, offs_n, offs_d)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * LOG2E
     alibi = 0.0
@@ -405,5 +398,5 @@ def _attn_bwd_dq_kernel(
         HEAD_DIM, BLOCK_N, BLOCK_D, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
     dq *= sm_scale
-    tl.store(DQ + off_z.to(tl.int64) * stride_dqz + off_h.to(tl.int64) * stride_dqh
-             + q_start64 * stride_dqm + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qd_mask)
+    dq_ptrs = _row_ptrs(DQ, off_z, off_h, q_start64, stride_dqz, stride_dqh, stride_dqm, offs_m, offs_d)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=qd_mask)

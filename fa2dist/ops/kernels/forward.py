@@ -33,6 +33,15 @@ PHILOX_ROUNDS = tl.constexpr(7)
 
 
 @triton.jit
+def _row_ptrs(base, off_z, off_h, start, stride_z, stride_h, stride_m, rows, offs_d):
+    """Pointers to rows ``start + rows`` (columns ``offs_d``) of head ``off_h`` of batch ``off_z``: 64-bit scalar
+    batch, head and sequence-start offsets, 32-bit offsets inside the sequence (64-bit per-element offsets stop the
+    MMA pipelining on sm_90: 96 warpgroup fences against 14 in the dK/dV kernel)."""
+    return base + off_z.to(tl.int64) * stride_z + off_h.to(tl.int64) * stride_h + start * stride_m \
+        + rows[:, None] * stride_m + offs_d[None, :]
+
+
+@triton.jit
 def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
     """a @ b (+ acc) in fp32: accumulated inside the MMA on tensor cores; for IEEE fp32 (FMA, one long chain
     per element if accumulated inside) each tile's product is summed first, then added, which keeps the rounding
@@ -117,53 +126,28 @@ def _dropout_keep(seed, bh, i, j, dropout_p):
 
 
 @triton.jit
-def _attn_fwd_step(
-    acc, l_i, m_i, q, k, v, offs_m, cols, N_K, diag, qk_scale,
-    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
-    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One key tile of the online softmax: ``k`` is (head dim, keys), ``v`` (keys, head dim)."""
-    qk, _ = _scores(_dot(q, k, UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
-                    cap_in, cap_out, alibi, SOFTCAP, ALIBI)
-    if MASKED:
-        qk = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
-                      qk, float("-inf"))
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
-        m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
-    else:
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        m_sub = m_ij
-    p = tl.math.exp2(qk - m_sub[:, None])
-    alpha = tl.math.exp2(m_i - m_sub)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if DROPOUT:
-        # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
-        p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p), p, 0.0)
-    acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
-    return acc, l_i, m_ij
-
-
-@triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
-    k_ptrs, v_ptrs, stride_kn, stride_vn,
+    k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
     offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
     cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MASKED: tl.constexpr, EVEN_D: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    k_ptrs += lo * stride_kn
-    v_ptrs += lo * stride_vn
+    # TMA: k_ptrs, v_ptrs are tensor descriptors; the copy engine fills rows past the sequence with zeros.
+    if not TMA:
+        k_ptrs += lo * stride_kn
+        v_ptrs += lo * stride_vn
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
+        if TMA:
+            k = tl.trans(k_ptrs.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+            v = v_ptrs.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
         # Only masked stages can touch the ragged tail of the key sequence.
-        if MASKED:
+        elif MASKED:
             k = tl.load(k_ptrs, mask=(cols[None, :] < N_K) & (offs_d[:, None] < HEAD_DIM), other=0.0)
             v = tl.load(v_ptrs, mask=(cols[:, None] < N_K) & (offs_d[None, :] < HEAD_DIM), other=0.0)
         elif EVEN_D:
@@ -172,60 +156,28 @@ def _attn_fwd_inner(
         else:
             k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
             v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        acc, l_i, m_i = _attn_fwd_step(
-            acc, l_i, m_i, q, k, v, offs_m, cols, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
-            seed, bh, dropout_p, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
-        )
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _attn_fwd_inner_tma(
-    acc, l_i, m_i, q, desc_k, desc_v, off_z, off_hk,
-    offs_m, offs_n, lo, hi, N_K, diag, qk_scale,
-    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """The key loop with tensor-descriptor loads; the copy engine fills rows past the sequence with zeros."""
-    for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        k = tl.trans(desc_k.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
-        v = desc_v.load([off_z, off_hk, start_n, 0]).reshape(BLOCK_N, BLOCK_D)
-        acc, l_i, m_i = _attn_fwd_step(
-            acc, l_i, m_i, q, k, v, offs_m, start_n + offs_n, N_K, diag, qk_scale, cap_in, cap_out, alibi,
-            win_l, win_r, seed, bh, dropout_p, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
-        )
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _attn_fwd_stage(
-    acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
-    offs_m, offs_n, offs_d, lo, hi, N_K, diag, qk_scale,
-    cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr, EVEN_D: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
-):
-    """Keys [lo, hi) through the descriptor loop (TMA: k_ptrs, v_ptrs are descriptors) or the pointer loop."""
-    if TMA:
-        acc, l_i, m_i = _attn_fwd_inner_tma(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, off_z, off_hk, offs_m, offs_n, lo, hi, N_K, diag, qk_scale,
-            cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, BLOCK_N, BLOCK_D, MASKED, HAS_LEFT,
-            HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
-        )
-    else:
-        acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n, offs_d, lo, hi, N_K, diag,
-            qk_scale, cap_in, cap_out, alibi, win_l, win_r, seed, bh, dropout_p, HEAD_DIM, BLOCK_N, MASKED,
-            EVEN_D, HAS_LEFT, HAS_RIGHT, SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION,
-        )
+        qk, _ = _scores(_dot(q, k, UPCAST, PRECISION), offs_m[:, None], cols[None, :], diag, qk_scale,
+                        cap_in, cap_out, alibi, SOFTCAP, ALIBI)
+        if MASKED:
+            qk = tl.where(_visible(offs_m[:, None], cols[None, :], N_K, diag, win_l, win_r, HAS_LEFT, HAS_RIGHT),
+                          qk, float("-inf"))
+            m_ij = tl.maximum(m_i, tl.max(qk, 1))
+            # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
+            m_sub = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+        else:
+            m_ij = tl.maximum(m_i, tl.max(qk, 1))
+            m_sub = m_ij
+        p = tl.math.exp2(qk - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            # The normaliser counts every probability; only the kept ones reach the output (rescaled at the end).
+            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], cols[None, :], dropout_p), p, 0.0)
+        acc = _dot(p.to(v.dtype), v, UPCAST, PRECISION, acc * alpha[:, None])
+        m_i = m_ij
+        if not TMA:
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
 
 
@@ -303,7 +255,7 @@ def _attn_fwd_kernel(
     else:
         q_start = 0
         k_start = 0
-    # 64-bit scalar bases, 32-bit offsets inside a sequence (64-bit per-element offsets cost address arithmetic).
+    # Sequence starts as 64-bit scalars; offsets inside a sequence stay 32-bit (_row_ptrs).
     q_start64 = q_start.to(tl.int64) if VARLEN else 0
     k_start64 = k_start.to(tl.int64) if VARLEN else 0
 
@@ -316,12 +268,10 @@ def _attn_fwd_kernel(
         v_ptrs = V
         q = Q.load([off_z, off_h, start_m * BLOCK_M, 0]).reshape(BLOCK_M, BLOCK_D)
     else:
-        q_ptrs = Q + off_z.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh \
-            + q_start64 * stride_qm + offs_m[:, None] * stride_qm + offs_d[None, :]
+        q_ptrs = _row_ptrs(Q, off_z, off_h, q_start64, stride_qz, stride_qh, stride_qm, offs_m, offs_d)
         k_ptrs = K + off_z.to(tl.int64) * stride_kz + off_hk.to(tl.int64) * stride_kh \
             + k_start64 * stride_kn + offs_n[None, :] * stride_kn + offs_d[:, None]
-        v_ptrs = V + off_z.to(tl.int64) * stride_vz + off_hk.to(tl.int64) * stride_vh \
-            + k_start64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+        v_ptrs = _row_ptrs(V, off_z, off_hk, k_start64, stride_vz, stride_vh, stride_vn, offs_n, offs_d)
         if EVEN_M and EVEN_D:
             q = tl.load(q_ptrs)
         else:
@@ -341,19 +291,19 @@ def _attn_fwd_kernel(
     diag = N_K - N_Q
     lo, a, b, hi = _key_ranges(start_m * BLOCK_M, N_K, diag, win_l, win_r, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:
-        acc, l_i, m_i = _attn_fwd_stage(
+        acc, l_i, m_i = _attn_fwd_inner(
             acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
             offs_m, offs_n, offs_d, lo, a, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
             seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, True, EVEN_D, HAS_LEFT, HAS_RIGHT,
             SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
         )
-    acc, l_i, m_i = _attn_fwd_stage(
+    acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, a, b, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
         seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, False, EVEN_D, HAS_LEFT, HAS_RIGHT,
         SOFTCAP, ALIBI, DROPOUT, UPCAST, PRECISION, TMA,
     )
-    acc, l_i, m_i = _attn_fwd_stage(
+    acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, off_z, off_hk,
         offs_m, offs_n, offs_d, b, hi, N_K, diag, qk_scale, cap_in, cap_out, alibi, win_l, win_r,
         seed, off_zh, dropout_p, HEAD_DIM, BLOCK_N, BLOCK_D, True, EVEN_D, HAS_LEFT, HAS_RIGHT,
@@ -380,8 +330,7 @@ def _attn_fwd_kernel(
         # Rows past the sequence are clipped by the copy engine.
         O.store([off_z, off_h, start_m * BLOCK_M, 0], acc.to(q.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
     else:
-        o_ptrs = O + off_z.to(tl.int64) * stride_oz + off_h.to(tl.int64) * stride_oh \
-            + q_start64 * stride_om + offs_m[:, None] * stride_om + offs_d[None, :]
+        o_ptrs = _row_ptrs(O, off_z, off_h, q_start64, stride_oz, stride_oh, stride_om, offs_m, offs_d)
         if EVEN_M and EVEN_D:
             tl.store(o_ptrs, acc.to(O.dtype.element_ty))
         else:
