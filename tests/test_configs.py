@@ -164,6 +164,31 @@ def test_allocation_pass_matches_full_compilation(kernel, block, head_dim, capab
     assert quick == full > 0
 
 
+@needs_compiler
+@pytest.mark.parametrize("kernel", ["forward", "dkdv", "dkdv_atomic", "dq"])
+def test_fp32_dots_keep_each_tile_apart_from_the_accumulator(kernel):
+    """IEEE fp32 dots run on FMA units; accumulated inside the dot, each output element is one chain over the whole
+    reduction (dV: every query row), and its error grew to 3.5x cuBLAS's on an H100. ``_dot`` sums each tile's
+    product on its own and adds it after, but Triton's combine pass folds ``acc + dot(a, b)`` back into
+    ``dot(a, b, acc)``. After Triton's passes every fp32 dot must still start from a zero accumulator."""
+    import re
+
+    from fa2dist.ops.attention import FP32_TILES
+
+    block = FP32_TILES[64][kernel]
+    src = fit.kernel_source(kernel, block, 64, torch.float32, causal=True)
+    target = triton.backends.compiler.GPUTarget("cuda", 90, 32)
+    ir = triton.compile(src, target=target, options={"num_warps": block.num_warps, "num_stages": block.num_stages})
+    ir = ir.asm["ttgir"]
+    dots = re.findall(r"= tt\.dot %[\w.]+, %[\w.]+, (%[\w.]+)", ir)
+    assert dots, "no tt.dot in the compiled kernel"
+    for acc in dots:
+        definition = re.search(re.escape(acc) + r" = (.*)", ir)
+        assert definition and re.match(r"arith\.constant dense<0\.0+e\+00>", definition.group(1)), (
+            f"{kernel}: an fp32 dot accumulates into {acc} = {definition and definition.group(1)[:80]}"
+        )
+
+
 def test_turing_backward_needs_what_the_tiers_assume():
     """The Turing tiers were chosen with the exact sm_75 formula (fp16): dK/dV 8*n*d + 4*m*max(d, n)."""
     for d, block in ((128, BlockConfig(64, 32)), (256, BlockConfig(32, 16))):

@@ -117,16 +117,17 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 # (kernel, device, dtype, head dim, flags, requested tiles) -> tiles that compiled within the device's shared memory.
 _fitted: dict[tuple, BlockConfig] = {}
 
-# fp32 tiles by head-dim tier. The configs' tiles are tuned for 2-byte inputs; in fp32 (IEEE: three MMA passes with
-# hi/lo operand copies) the same tiles run out of registers, and ptxas spills up to 32 KB per thread (the driver then
-# reserves 8 GiB of local memory for a forward at head dim 128 on an H100). These tiles keep the spill stack under
-# about 3 KB per thread on sm_90 (cross-compiled and measured with ptxas), and fit every family's shared memory.
+# fp32 tiles by head-dim tier. The configs' tiles are tuned for 2-byte inputs; in fp32 (IEEE: FMA dots, each tile's
+# product held apart from the accumulator, see _dot) the same tiles run out of registers, and ptxas spills up to 32 KB
+# per thread (the driver then reserves 8 GiB of local memory for a forward at head dim 128 on an H100). These tiles
+# keep the spill stack at or under 3.7 KB per thread on sm_90 in every variant (aligned or ragged, causal or not;
+# cross-compiled and measured with ptxas), and fit every family's shared memory.
 FP32_TILES: dict[int, dict[str, BlockConfig]] = {
     64: dict(forward=BlockConfig(128, 64, 8, 2), dkdv=BlockConfig(16, 64, 4, 2),
              dkdv_atomic=BlockConfig(16, 64, 4, 2), dq=BlockConfig(64, 16, 4, 2)),
-    128: dict(forward=BlockConfig(64, 32, 8, 2), dkdv=BlockConfig(32, 64, 8, 2),
-              dkdv_atomic=BlockConfig(32, 64, 8, 2), dq=BlockConfig(64, 32, 8, 2)),
-    256: dict(forward=BlockConfig(64, 32, 8, 1), dkdv=BlockConfig(16, 32, 4, 1),
+    128: dict(forward=BlockConfig(64, 32, 8, 2), dkdv=BlockConfig(16, 64, 8, 2),
+              dkdv_atomic=BlockConfig(16, 64, 8, 2), dq=BlockConfig(64, 32, 8, 2)),
+    256: dict(forward=BlockConfig(64, 16, 8, 1), dkdv=BlockConfig(16, 32, 4, 1),
               dkdv_atomic=BlockConfig(16, 64, 8, 1), dq=BlockConfig(32, 16, 4, 1)),
 }
 

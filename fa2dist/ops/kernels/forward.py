@@ -51,7 +51,9 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr, acc=None):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     if PRECISION == "ieee" and acc is not None:
-        return acc + tl.dot(a, b, input_precision=PRECISION)
+        # Written as a subtraction on purpose: Triton's combine pass folds ``acc + dot(a, b)`` back into
+        # ``dot(a, b, acc)``, the single long chain this avoids (it matches additions only).
+        return acc - (-tl.dot(a, b, input_precision=PRECISION))
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
