@@ -4,6 +4,7 @@ attention and with PyTorch SDPA on its flash and cuDNN backends.
     python benchmarks/bench_recipe.py --out out/bench_recipe.json
     python benchmarks/bench_recipe.py --impls fa2dist,fa2dist-deterministic,sdpa-flash,sdpa-cudnn --steps 100
     python benchmarks/bench_recipe.py --smoke --device cpu      # tiny model, 2 steps: checks that the script runs
+    python benchmarks/bench_recipe.py --compile reduce-overhead  # the model through torch.compile + CUDA graphs
 
 The model is the recipe's (``recipes.common.Transformer`` with ``recipes/gpt/configs/small.yaml``'s sizes, batch
 and context length), trained as the recipe trains it: bf16 autocast, the recipe's AdamW and schedule, gradient
@@ -105,6 +106,10 @@ def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch
         model, total_steps=total_steps, **{**settings["optim"], "betas": tuple(settings["optim"]["betas"])}
     )
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+    # --compile: the model's forward and backward through inductor; "reduce-overhead" replays them from CUDA graphs,
+    # which removes the per-kernel launch cost (fa2dist's kernels run behind custom ops and are captured too).
+    forward = model if args.compile == "none" else torch.compile(model, mode=args.compile, fullgraph=True)
+    graphs = args.compile == "reduce-overhead"
     batch, seqlen = args.batch_size, args.seqlen
     # A few fixed batches of random bytes from a seeded generator, on the device before timing starts.
     g = torch.Generator().manual_seed(args.seed)
@@ -114,8 +119,10 @@ def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch
 
     def step(i: int) -> torch.Tensor:
         tokens = batches[i % len(batches)]
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # each step starts a new replay of the graphs
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(tokens[:, :-1]).float()  # the loss in fp32, as the recipe computes it
+            logits = forward(tokens[:, :-1]).float()  # the loss in fp32, as the recipe computes it
             loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         loss.backward()
         if clip:
@@ -149,6 +156,7 @@ def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch
     tflops = (dense + attn) * tokens_per_s / 1e12
     result = {
         "impl": name,
+        "compile": args.compile,
         "attention": attention,
         "sdpa_backend": backend.name if backend is not None else None,
         "fa2dist_deterministic": resolve_deterministic(deterministic)[0] if attention == "fa2dist" else None,
@@ -185,7 +193,7 @@ def markdown_table(results: list[dict]) -> str:
             continue
         speedup = r["tokens_per_s"] / base["tokens_per_s"] if base else None
         cells = [
-            r["impl"],
+            r["impl"] + (f" ({r['compile']})" if r.get("compile", "none") != "none" else ""),
             f"{r['step_ms']:.2f}",
             f"{r['tokens_per_s']:,.0f}",
             _fmt(speedup, ".2f", "x"),
@@ -219,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a tiny model for 2 steps (runs on a CPU in seconds)")
+    parser.add_argument(
+        "--compile",
+        choices=("none", "default", "reduce-overhead"),
+        default="none",
+        help="torch.compile the model with this mode (reduce-overhead: CUDA graphs); default: eager",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (and a .md table)")
     args = parser.parse_args(argv)
 
@@ -275,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention_flops_share": attn / (dense + attn),
         "peak_tflops": args.peak_tflops,
         "precision": "bf16 autocast",
+        "compile": args.compile,
     }
     del probe
     print(

@@ -81,6 +81,18 @@ def test_config_parses_and_runs_one_step(config, tmp_path, monkeypatch):
     assert any(Path(trainer.loggers[1].log_dir).glob("events.out.tfevents.*"))
 
 
+def test_compiled_training_step(tmp_path, monkeypatch):
+    """--model.compile trains through torch.compile (inductor on the CPU here; CUDA graphs on a GPU), and the
+    checkpoint keeps the weights under the eager model's names."""
+    monkeypatch.chdir(tmp_path)
+    cli = gpt_train.main(["fit", f"--config={REPO / TINY_GPT}", *ONE_STEP, "--model.compile=reduce-overhead"])
+    assert cli.trainer.global_step == 1
+    assert math.isfinite(float(cli.trainer.callback_metrics["train_loss"]))
+    state = torch.load(tmp_path / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["state_dict"].keys() == cli.model.state_dict().keys()
+    assert not any("_orig_mod" in key for key in state["state_dict"])
+
+
 def test_resume_from_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = f"--config={REPO / TINY_GPT}"
@@ -205,3 +217,5 @@ def test_errors_name_the_flag():
         MaskedLMDataModule(mask_prob=0.0)
     with pytest.raises(ValueError, match="attention='flash'"):
         gpt_train.GPT(attention="flash")
+    with pytest.raises(ValueError, match="--model.compile='fast'"):
+        gpt_train.GPT(compile="fast")

@@ -37,6 +37,9 @@ from recipes.common import (  # noqa: E402
     configure_adamw,
 )
 
+#: ``torch.compile`` modes accepted by ``--model.compile``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class GPT(LightningModule):
     """A causal transformer predicting the next byte.
@@ -58,6 +61,9 @@ class GPT(LightningModule):
         betas: AdamW betas.
         warmup_steps: steps of linear learning-rate warm-up; a cosine decay follows until the last step.
         min_lr_ratio: final learning rate over the peak.
+        compile: train through ``torch.compile`` with this mode: "default", "reduce-overhead" (forward and backward
+            replayed from CUDA graphs: for short sequences, where launching kernels costs more than running them),
+            "max-autotune" or "max-autotune-no-cudagraphs"; null trains eagerly. Validation and generation stay eager.
     """
 
     def __init__(
@@ -76,8 +82,14 @@ class GPT(LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 30,
         min_lr_ratio: float = 0.1,
+        compile: str | None = None,
     ) -> None:
         super().__init__()
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(
+                f"--model.compile={compile!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}, "
+                "or null to train eagerly."
+            )
         self.save_hyperparameters()
         self.tokenizer = ByteTokenizer()
         self.model = Transformer(
@@ -92,6 +104,10 @@ class GPT(LightningModule):
             attention=attention,
             deterministic=deterministic,
         )
+        # Kept outside the module tree, so checkpoints hold one copy of the weights under their usual names.
+        object.__setattr__(
+            self, "_train_forward", torch.compile(self.model, mode=compile, fullgraph=True) if compile else self.model
+        )
         self.val_ppl = Perplexity()
         self.val_acc = MulticlassAccuracy(num_classes=self.tokenizer.vocab_size, average="micro")
 
@@ -101,7 +117,9 @@ class GPT(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
-        logits = self.model(inputs).float()  # the loss in fp32 under mixed precision
+        if self.hparams.compile in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' previous outputs may be reused
+        logits = self._train_forward(inputs).float()  # the loss in fp32 under mixed precision
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         self.log("train_loss", loss, prog_bar=True)
         return loss
