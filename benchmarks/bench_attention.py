@@ -7,6 +7,9 @@ Shapes follow the FA2 paper's convention: batch x seqlen = 16k tokens, hidden 20
 FLOPs: 4 * batch * nheads * seqlen^2 * headdim for the forward, halved when causal; the backward counts 2.5x the
 forward. Times are medians of CUDA-event timings (triton.testing.do_bench) after warm-up. Writes results.json, a
 markdown table (also into BENCHMARKS.md with --update-md) and PNG plots.
+
+``--cuda-graphs`` times each step replayed from a CUDA graph: the GPU time of the kernels without the host's launch
+path, which dominates short sequences (a few hundred to a few thousand tokens).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def make_provider(name, causal):
     raise ValueError(f"unknown provider {name!r}")
 
 
-def bench_one(provider, q, k, v, mode, warmup, rep):
+def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
     fn = provider
     if mode == "fwd":
         def step():
@@ -88,7 +91,48 @@ def bench_one(provider, q, k, v, mode, warmup, rep):
             def step():
                 o = fn(q, k, v)
                 return torch.autograd.grad(o, (q, k, v), do)
+    if cuda_graphs:
+        return _graph_ms(step, rep)
     return triton.testing.do_bench(step, warmup=warmup, rep=rep, return_mode="median")
+
+
+def _graph_ms(step, rep_ms: float) -> float:
+    """Milliseconds per ``step`` replayed from a CUDA graph: one step captured (after warm-up on a side stream, as
+    capture requires), then replays queued back to back and timed in batches; the median batch."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for attempt in range(2):
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                step()
+            break
+        except RuntimeError:  # seen once per process, on the first capture of a backward; the next one works
+            torch.cuda.synchronize()
+            if attempt:
+                raise
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    per_batch = max(1, int(rep_ms / 5 / max(start.elapsed_time(end) / 5, 1e-3)))
+    times = []
+    for _ in range(5):
+        start.record()
+        for _ in range(per_batch):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / per_batch)
+    del graph
+    return sorted(times)[len(times) // 2]
 
 
 def peak_memory(provider, q, k, v):
@@ -126,6 +170,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=25, help="warm-up time in ms")
     p.add_argument("--rep", type=int, default=100, help="timed repetitions in ms")
     p.add_argument("--quick", action="store_true", help="fwd and fwdbwd only, short timings")
+    p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays (kernels without host time)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--update-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -135,6 +180,7 @@ def main(argv=None):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     env = environment()
+    env["timer"] = "CUDA-graph replays" if args.cuda_graphs else "CUDA events around eager calls"
     rows = []
     for dname in args.dtypes.split(","):
         for d in map(int, args.head_dims.split(",")):
@@ -150,7 +196,7 @@ def main(argv=None):
                         try:
                             prov = make_provider(pname, causal)
                             for mode in args.modes.split(","):
-                                ms = bench_one(prov, q, k, v, mode, args.warmup, args.rep)
+                                ms = bench_one(prov, q, k, v, mode, args.warmup, args.rep, args.cuda_graphs)
                                 row[f"{mode}_ms"] = ms
                                 row[f"{mode}_tflops"] = flops(batch, nheads, n, d, causal, mode) / ms * 1e-9
                             row["peak_mem_mb"] = peak_memory(prov, q, k, v) / 2**20
@@ -173,7 +219,8 @@ def main(argv=None):
 def markdown(env, rows, modes):
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     lines = [f"Card: {env['gpu']} (CC {env['capability']}), driver {env['driver']}, torch {env['torch']}, "
-             f"triton {env['triton']}, {env['date']}. TFLOP/s, " + " / ".join(modes) + "; peak MB is fwd+bwd.", ""]
+             f"triton {env['triton']}, {env['date']}. TFLOP/s, " + " / ".join(modes) + "; peak MB is fwd+bwd. "
+             f"Timer: {env.get('timer', 'CUDA events around eager calls')}.", ""]
     head = "| dtype | d | N | causal | " + " | ".join(providers) + " |"
     lines += [head, "|" + "---|" * (4 + len(providers))]
     keyed = {}
