@@ -111,10 +111,10 @@ def _graph_ms(step, rep_ms: float) -> float:
             with torch.cuda.graph(graph):
                 step()
             break
-        except RuntimeError:  # seen once per process, on the first capture of a backward; the next one works
-            torch.cuda.synchronize()
-            if attempt:
+        except RuntimeError as err:  # a failed capture is retried once (out of memory is not)
+            if attempt or "out of memory" in str(err):
                 raise
+            torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -170,7 +170,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=25, help="warm-up time in ms")
     p.add_argument("--rep", type=int, default=100, help="timed repetitions in ms")
     p.add_argument("--quick", action="store_true", help="fwd and fwdbwd only, short timings")
-    p.add_argument("--cuda-graphs", action="store_true", help="time CUDA-graph replays (kernels without host time)")
+    p.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="time CUDA-graph replays (kernels without host time; 3 warm-up steps, --warmup unused)",
+    )
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--update-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = p.parse_args(argv)

@@ -96,6 +96,10 @@ def synchronize(device: torch.device) -> None:
 def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch.device) -> dict:
     """Train a fresh model with implementation ``name`` for warmup + steps steps; timings of the last ``steps``."""
     attention, deterministic, backend = IMPLS[name]
+    if args.compile != "none":
+        # A fresh trace per implementation: the compiler does not guard on the SDPA backend, and would replay the
+        # previous implementation's graph (and keep its CUDA-graph memory pool).
+        torch._dynamo.reset()
     tokenizer = ByteTokenizer()
     torch.manual_seed(args.seed)
     model = Transformer(

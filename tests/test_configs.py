@@ -180,8 +180,8 @@ def test_fp32_dots_keep_each_tile_apart_from_the_accumulator(kernel):
     target = triton.backends.compiler.GPUTarget("cuda", 90, 32)
     ir = triton.compile(src, target=target, options={"num_warps": block.num_warps, "num_stages": block.num_stages})
     ir = ir.asm["ttgir"]
-    dots = re.findall(r"= tt\.dot %[\w.]+, %[\w.]+, (%[\w.]+)", ir)
-    assert dots, "no tt.dot in the compiled kernel"
+    dots = re.findall(r"= tt\.dot %[\w.#]+, %[\w.#]+, (%[\w.#]+)", ir)
+    assert dots and len(dots) == ir.count("tt.dot "), "could not read every tt.dot of the compiled kernel"
     for acc in dots:
         definition = re.search(re.escape(acc) + r" = (.*)", ir)
         assert definition and re.match(r"arith\.constant dense<0\.0+e\+00>", definition.group(1)), (

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -81,11 +82,13 @@ def test_config_parses_and_runs_one_step(config, tmp_path, monkeypatch):
     assert any(Path(trainer.loggers[1].log_dir).glob("events.out.tfevents.*"))
 
 
-def test_compiled_training_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe", ["gpt", "encoder"])
+def test_compiled_training_step(recipe, tmp_path, monkeypatch):
     """--model.compile trains through torch.compile (inductor on the CPU here; CUDA graphs on a GPU), and the
     checkpoint keeps the weights under the eager model's names."""
     monkeypatch.chdir(tmp_path)
-    cli = gpt_train.main(["fit", f"--config={REPO / TINY_GPT}", *ONE_STEP, "--model.compile=reduce-overhead"])
+    config = REPO / "recipes" / recipe / "configs" / "tiny.yaml"
+    cli = MAINS[recipe](["fit", f"--config={config}", *ONE_STEP, "--model.compile=reduce-overhead"])
     assert cli.trainer.global_step == 1
     assert math.isfinite(float(cli.trainer.callback_metrics["train_loss"]))
     state = torch.load(tmp_path / cli.trainer.default_root_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -219,3 +222,8 @@ def test_errors_name_the_flag():
         gpt_train.GPT(attention="flash")
     with pytest.raises(ValueError, match="--model.compile='fast'"):
         gpt_train.GPT(compile="fast")
+    with pytest.raises(ValueError, match="--model.compile='fast'"):
+        encoder_train.MaskedLM(compile="fast")
+    with pytest.raises(ValueError, match="accumulate_grad_batches=4"):
+        gpt_train.GPT(compile="reduce-overhead").train_forward.check(SimpleNamespace(accumulate_grad_batches=4))
+    gpt_train.GPT(compile="default").train_forward.check(SimpleNamespace(accumulate_grad_batches=4))

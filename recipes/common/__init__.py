@@ -3,13 +3,15 @@
 from recipes.common.callbacks import PlotLossCurves, SampleText, TrainingReport
 from recipes.common.cli import RecipeCLI, auto_precision
 from recipes.common.data import CausalLMDataModule, MaskedLMDataModule, TextDataModule, load_corpus
-from recipes.common.model import ATTENTION_IMPLS, Transformer
+from recipes.common.model import ATTENTION_IMPLS, COMPILE_MODES, CompiledTraining, Transformer
 from recipes.common.optim import configure_adamw
 from recipes.common.tokenizer import ByteTokenizer
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "COMPILE_MODES",
     "ByteTokenizer",
+    "CompiledTraining",
     "CausalLMDataModule",
     "MaskedLMDataModule",
     "PlotLossCurves",

@@ -15,6 +15,8 @@ from torch import nn
 from fa2dist import MultiheadFlashAttention
 
 ATTENTION_IMPLS = ("fa2dist", "sdpa")
+#: ``torch.compile`` modes the recipes accept (``--model.compile``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class SdpaAttention(nn.Module):
@@ -149,3 +151,38 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters, the tied embedding counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class CompiledTraining:
+    """The training forward of a recipe's model, eager or through ``torch.compile`` with ``mode``.
+
+    Call :meth:`__call__` once per training step. Modes with CUDA graphs ("reduce-overhead", "max-autotune") start a
+    new step of the graphs there, so a step's outputs are not overwritten while the step still uses them. Keep it
+    outside the module tree (a plain attribute, not a submodule), so checkpoints hold the weights once, under the
+    model's own names.
+    """
+
+    def __init__(self, model: nn.Module, mode: str | None) -> None:
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(
+                f"--model.compile={mode!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}, "
+                "or null to train eagerly."
+            )
+        self.mode = mode
+        self.forward = torch.compile(model, mode=mode, fullgraph=True) if mode else model
+        self.graphs = mode in ("reduce-overhead", "max-autotune")
+
+    def check(self, trainer) -> None:
+        """Refuse trainer settings the CUDA graphs get wrong; call it from ``on_fit_start``."""
+        accumulate = getattr(trainer, "accumulate_grad_batches", 1)
+        if self.graphs and accumulate > 1:
+            raise ValueError(
+                f"--model.compile={self.mode!r} replays CUDA graphs, and a replay can overwrite the gradients that "
+                f"--trainer.accumulate_grad_batches={accumulate} still holds from the previous batch: use "
+                "--model.compile=default (no graphs) or accumulate_grad_batches=1."
+            )
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.forward(tokens)

@@ -32,13 +32,11 @@ from torchmetrics.text import Perplexity  # noqa: E402
 from recipes.common import (  # noqa: E402
     ByteTokenizer,
     CausalLMDataModule,
+    CompiledTraining,
     RecipeCLI,
     Transformer,
     configure_adamw,
 )
-
-#: ``torch.compile`` modes accepted by ``--model.compile``.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class GPT(LightningModule):
@@ -85,11 +83,6 @@ class GPT(LightningModule):
         compile: str | None = None,
     ) -> None:
         super().__init__()
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ValueError(
-                f"--model.compile={compile!r} is not a torch.compile mode: use one of {', '.join(COMPILE_MODES)}, "
-                "or null to train eagerly."
-            )
         self.save_hyperparameters()
         self.tokenizer = ByteTokenizer()
         self.model = Transformer(
@@ -104,10 +97,8 @@ class GPT(LightningModule):
             attention=attention,
             deterministic=deterministic,
         )
-        # Kept outside the module tree, so checkpoints hold one copy of the weights under their usual names.
-        object.__setattr__(
-            self, "_train_forward", torch.compile(self.model, mode=compile, fullgraph=True) if compile else self.model
-        )
+        # A plain attribute (CompiledTraining is no nn.Module): checkpoints keep the model's own parameter names.
+        self.train_forward = CompiledTraining(self.model, compile)
         self.val_ppl = Perplexity()
         self.val_acc = MulticlassAccuracy(num_classes=self.tokenizer.vocab_size, average="micro")
 
@@ -115,11 +106,12 @@ class GPT(LightningModule):
         """tokens: (batch, seqlen) -> logits (batch, seqlen, vocab)."""
         return self.model(tokens)
 
+    def on_fit_start(self) -> None:
+        self.train_forward.check(self.trainer)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
-        if self.hparams.compile in ("reduce-overhead", "max-autotune"):
-            torch.compiler.cudagraph_mark_step_begin()  # a new step: the graphs' previous outputs may be reused
-        logits = self._train_forward(inputs).float()  # the loss in fp32 under mixed precision
+        logits = self.train_forward(inputs).float()  # the loss in fp32 under mixed precision
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         self.log("train_loss", loss, prog_bar=True)
         return loss
