@@ -40,7 +40,7 @@ import yaml  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from fa2dist.determinism import resolve_deterministic  # noqa: E402
-from recipes.common import ByteTokenizer, Transformer, configure_adamw  # noqa: E402
+from recipes.common import COMPILE_MODES, ByteTokenizer, CompiledTraining, Transformer, configure_adamw  # noqa: E402
 
 #: name -> (the Transformer's ``attention``, fa2dist ``deterministic``, SDPA backend or None for torch's choice)
 IMPLS: dict[str, tuple[str, bool | None, SDPBackend | None]] = {
@@ -110,10 +110,10 @@ def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch
         model, total_steps=total_steps, **{**settings["optim"], "betas": tuple(settings["optim"]["betas"])}
     )
     optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
-    # --compile: the model's forward and backward through inductor; "reduce-overhead" replays them from CUDA graphs,
-    # which removes the per-kernel launch cost (fa2dist's kernels run behind custom ops and are captured too).
-    forward = model if args.compile == "none" else torch.compile(model, mode=args.compile, fullgraph=True)
-    graphs = args.compile == "reduce-overhead"
+    # --compile: the model's forward and backward through inductor, as the recipes' --model.compile trains them;
+    # "reduce-overhead" replays them from CUDA graphs, which removes the per-kernel launch cost (fa2dist's kernels
+    # run behind custom ops and are captured too).
+    forward = CompiledTraining(model, None if args.compile == "none" else args.compile)
     batch, seqlen = args.batch_size, args.seqlen
     # A few fixed batches of random bytes from a seeded generator, on the device before timing starts.
     g = torch.Generator().manual_seed(args.seed)
@@ -123,8 +123,6 @@ def bench_one(name: str, settings: dict, args: argparse.Namespace, device: torch
 
     def step(i: int) -> torch.Tensor:
         tokens = batches[i % len(batches)]
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # each step starts a new replay of the graphs
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = forward(tokens[:, :-1]).float()  # the loss in fp32, as the recipe computes it
             loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny model for 2 steps (runs on a CPU in seconds)")
     parser.add_argument(
         "--compile",
-        choices=("none", "default", "reduce-overhead"),
+        choices=("none", *COMPILE_MODES),
         default="none",
         help="torch.compile the model with this mode (reduce-overhead: CUDA graphs); default: eager",
     )

@@ -35,19 +35,14 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _cdiv(a: int, b: int) -> int:
-    # Plain integer arithmetic: triton.cdiv and triton.next_power_of_2 go through Triton's constexpr-function
-    # wrapper, a measurable share of a short call's host time.
+    # Plain integer arithmetic: triton.cdiv goes through Triton's constexpr-function wrapper, a measurable share of
+    # a short call's host time.
     return -(-a // b)
 
 
-def _block_d(head_dim: int) -> int:
-    """The head dim padded to a power of two, at least 16."""
-    return max(1 << (head_dim - 1).bit_length(), 16)
-
-
 def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs are multiplied in IEEE fp32 (3 passes on tensor cores) so fp32 means fp32 accuracy, unless the
-    # user opted into TF32 for matmuls; fp16/bf16 use the tensor cores directly with fp32 accumulation.
+    # fp32 inputs are multiplied in IEEE fp32 (FMA dots, see _dot) so fp32 means fp32 accuracy, unless the user opted
+    # into TF32 for matmuls; fp16/bf16 use the tensor cores directly with fp32 accumulation.
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
@@ -296,7 +291,7 @@ def attn_fwd(
         lse.fill_(float("inf"))
         return out, lse
     _check_offsets((("q", q), ("k", k), ("v", v), ("out", out)), layout, seqlen_q, seqlen_k)
-    block_d = _block_d(head_dim)
+    block_d = fit.block_d_for(head_dim)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
@@ -380,7 +375,7 @@ def attn_bwd(
         return torch.zeros_like(q), dk.zero_(), dv.zero_()
     _check_offsets((("grad_out", do),), layout, seqlen_q, seqlen_k)
     group = nheads // nheads_kv
-    block_d = _block_d(head_dim)
+    block_d = fit.block_d_for(head_dim)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     precision = _precision(q.dtype)
     bcfg = config.backward_for(head_dim, deterministic)

@@ -124,7 +124,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 def block_d_for(head_dim: int) -> int:
     """The padded head dim (``BLOCK_D``) the launchers use: the next power of two, at least 16."""
-    return max(triton.next_power_of_2(head_dim), 16)
+    # Plain integer arithmetic: triton.next_power_of_2 goes through Triton's constexpr-function wrapper, a
+    # measurable share of a short call's host time (the launchers call this per call).
+    return max(1 << (head_dim - 1).bit_length(), 16)
 
 
 def formula_applies(kernel: str, block: Any, capability: tuple[int, int], dtype: torch.dtype = torch.float16) -> bool:
