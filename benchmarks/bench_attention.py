@@ -42,10 +42,14 @@ def flops(batch, nheads, seqlen, head_dim, causal, mode):
 
 def make_provider(name, causal):
     """A function (q, k, v) -> out in (batch, nheads, seqlen, headdim) for each provider, or None if unavailable."""
-    if name in ("fa2dist-det", "fa2dist-sp", "fa2dist-det-ptr", "fa2dist-sp-ptr"):
-        det = name.startswith("fa2dist-det")
-        # "-ptr": the device's config with the pointer-load forward instead of tensor descriptors (an A/B of TMA).
-        cfg = replace(select_config(torch.device("cuda")), tma=False) if name.endswith("-ptr") else None
+    variants = {"": {}, "-ptr": dict(tma=False, warp_specialize=False), "-triton": dict(warp_specialize=False)}
+    base, _, variant = name.partition("-")[2].partition("-")
+    if name.startswith("fa2dist-") and base in ("det", "sp") and ("-" + variant if variant else "") in variants:
+        det = base == "det"
+        # "-ptr": the device's config with the pointer-load forward instead of tensor descriptors (an A/B of TMA);
+        # "-triton": the Triton forward instead of the warp-specialised one (sm_90), tensor descriptors kept.
+        changes = variants["-" + variant if variant else ""]
+        cfg = replace(select_config(torch.device("cuda")), **changes) if changes else None
         return lambda q, k, v: fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd", deterministic=det,
                                                         config=cfg)
     backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,

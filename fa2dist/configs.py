@@ -126,6 +126,9 @@ class KernelsConfig:
         capability: set by fitting: the compute capability the tiles were fitted for.
         tma: load the forward's tiles with tensor descriptors (the Tensor Memory Accelerator, sm_90 and newer) for
             dense fp16/bf16 inputs with 16-byte aligned strides; other calls run the pointer-load kernel.
+        warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16, the head dims of
+            ``fa2dist.ops.kernels.hopper.WS_TILES``: 128) in the warp-specialised Gluon kernel (a loading warp, two
+            computing warpgroups, its own tiles) instead of the Triton forward.
 
     Example::
 
@@ -148,10 +151,12 @@ class KernelsConfig:
     shared_memory_bytes: int = field(default=0, compare=False)
     capability: tuple[int, int] | None = field(default=None, compare=False)
     tma: bool = False
+    warp_specialize: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tma, bool):
-            raise TypeError(f"`KernelsConfig(tma={self.tma!r})` must be True or False.")
+        for name in ("tma", "warp_specialize"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`KernelsConfig({name}={getattr(self, name)!r})` must be True or False.")
         if not (isinstance(self.family, str) and self.family):
             raise TypeError(f"`KernelsConfig(family={self.family!r})` must be a non-empty name such as 'ampere'.")
         if not isinstance(self.source, str):
@@ -291,8 +296,9 @@ _HOPPER = KernelsConfig(
         (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
     ),
     source="sweep on H100 80GB HBM3, Triton 3.6.0, bf16 seqlen 4k, 2026-11-25 (benchmarks/SWEEP_NOTES.md); "
-    "backward re-swept with tensor-descriptor loads 2026-11-26",
+    "backward re-swept with tensor-descriptor loads 2026-11-26; warp-specialised forward timed on an H200 2026-11-26",
     tma=True,
+    warp_specialize=True,
 )
 _BLACKWELL = replace(
     _HOPPER,
@@ -301,6 +307,7 @@ _BLACKWELL = replace(
     backward_deterministic=_HOPPER.backward_deterministic[:2] + ((256, _bw((64, 64, 8, 1), (64, 64, 8, 2))),),
     source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)",
     tma=False,
+    warp_specialize=False,
 )
 _BLACKWELL_CONSUMER = replace(
     _ADA, family="blackwell_consumer", source="Ada's tiles; fits sm_120's 99 KB (cross-compiled, Triton 3.6.0)"

@@ -31,6 +31,7 @@ from fa2dist.configs import (
     unregister_configs,
 )
 from fa2dist.ops import fit
+from fa2dist.ops.attention import WS_TILES
 
 # Each family's own architecture, and a GPU of it as PyTorch describes it (shared_memory_per_block_optin).
 FAMILY_CAPABILITY = {
@@ -483,3 +484,83 @@ def test_invalid_configs_are_refused_with_their_fix(make, error, message):
 def _replace_headdim(value: int) -> KernelsConfig:
     c = _custom()
     return KernelsConfig(c.family, c.forward, c.backward_deterministic, c.backward_sequence_parallel, max_headdim=value)
+
+
+# ---- the warp-specialised Hopper forward (Gluon), cross-compiled for sm_90 --------------------------------------------
+
+
+def _ws_source(head_dim: int, causal: bool, dtype: torch.dtype):
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    from fa2dist.ops.kernels.hopper import WS_TILES, attn_fwd_ws_kernel
+
+    block_m, block_n, stages = WS_TILES[head_dim]
+    x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
+    gl_dtype = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+
+    def desc(rows):
+        block = [1, 1, rows, head_dim]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
+        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
+
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    types = dict(q_desc=desc(block_m), k_desc=desc(block_n), v_desc=desc(block_n), o_desc=desc(block_m // 2),
+                 LSE="*fp32", sm_scale="fp32")
+    signature = {
+        name: "constexpr" if name in constexprs else types.get(name, "i32") for name in attn_fwd_ws_kernel.arg_names
+    }
+    return GluonASTSource(attn_fwd_ws_kernel, signature, constexprs)
+
+
+@needs_compiler
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", sorted(WS_TILES))
+def test_warp_specialized_forward_fits_hopper(head_dim, causal):
+    """The Gluon kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with the
+    register split it asks for (one loading warp at 24 registers, two computing warpgroups at 240) and no spills.
+    (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
+    import re
+
+    for dtype in (torch.bfloat16, torch.float16):
+        compiled = triton.compile(
+            _ws_source(head_dim, causal, dtype), target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
+            options={"num_warps": 4},
+        )
+        assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
+        ptx = compiled.asm["ptx"]
+        assert ".local" not in ptx
+        assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
+        assert len(re.findall(r"wgmma\.mma_async", ptx)) > 0
+
+
+def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
+    """Dense fp16/bf16 attention at head dim 128 on sm_90; everything else runs the Triton forward."""
+    from fa2dist.ops import attention
+
+    if attention.attn_fwd_ws_kernel is None:
+        pytest.skip("this Triton has no Gluon")
+    monkeypatch.setattr(attention, "INTERPRET", False)
+    monkeypatch.setattr(attention, "_capability", lambda device: (9, 0))
+    q = torch.empty(1, 8, 2, 64)
+    dense = attention.Features(0.125)
+    causal = attention.Features(0.125, window_right=0)
+    assert attention._warp_specialized(q, 128, dense) and attention._warp_specialized(q, 128, causal)
+    for head_dim in (32, 64, 96, 256):
+        assert not attention._warp_specialized(q, head_dim, dense)
+    for feats in (
+        attention.Features(0.125, window_left=16, window_right=0),
+        attention.Features(0.125, window_right=4),
+        attention.Features(0.125, softcap=30.0),
+        attention.Features(0.125, alibi=True),
+        attention.Features(0.125, dropout_p=0.1),
+        attention.Features(0.125, varlen=True),
+    ):
+        assert not attention._warp_specialized(q, 128, feats), feats
+    for capability in ((8, 0), (8, 9), (10, 0), (12, 0)):
+        monkeypatch.setattr(attention, "_capability", lambda device, c=capability: c)
+        assert not attention._warp_specialized(q, 128, dense)
+    assert configs.DEFAULT_CONFIGS[(9, 0)].warp_specialize
+    assert not any(c.warp_specialize for cap, c in configs.DEFAULT_CONFIGS.items() if cap != (9, 0))

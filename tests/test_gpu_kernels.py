@@ -1,6 +1,7 @@
 """The Triton kernels on a CUDA GPU (marker ``gpu``): correctness matrix, bf16, head dim 256, long sequences,
 bitwise determinism, every family's config through the override, and the seed package's usage examples."""
 
+import warnings
 import zlib
 
 import pytest
@@ -76,6 +77,81 @@ def test_deterministic_bitwise_over_five_runs(causal):
         else:
             for a, b in zip(first, (out, *grads)):
                 assert torch.equal(a, b)
+
+
+WS_SHAPES = [
+    (2, 4, 4, 1000, 1000, 128),
+    (1, 3, 3, 333, 517, 128),
+    (1, 8, 2, 777, 777, 128),
+    (1, 2, 2, 300, 64, 128),  # causal: the first 236 rows see no key
+    (1, 4, 4, 1, 77, 128),
+    (1, 2, 1, 129, 1031, 128),
+    (2, 8, 8, 4096, 4096, 128),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_warp_specialized_forward(causal, dtype, monkeypatch):
+    """The Gluon forward on sm_90: taken for dense calls (counted), within 2x PyTorch's own output error, LSE
+    within 1e-4 of float64's, rows that see no key 0 with LSE +inf, bitwise equal on a second run; and feature
+    calls keep the Triton forward."""
+    from fa2dist.ops import attention
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    calls = []
+    launch = attention._attn_fwd_ws
+    monkeypatch.setattr(attention, "_attn_fwd_ws", lambda *a: calls.append(a[-1]) or launch(*a))
+    for i, shape in enumerate(WS_SHAPES):
+        layout = ("bshd", "bhsd")[i % 2]
+        batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+        seed = zlib.crc32(repr((shape, causal, dtype)).encode())
+        q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, dtype, "cuda", layout, seed)
+        n_calls = len(calls)
+        out, lse = fa2dist.flash_attention(q, k, v, causal=causal, layout=layout, return_lse=True)
+        assert len(calls) == n_calls + 1, f"{shape}: the warp-specialised forward was not taken"
+        out64, lse64, _ = reference_with_grads(q, k, v, torch.zeros_like(q), causal, layout, torch.float64)
+        outlp, _, _ = reference_with_grads(q, k, v, torch.zeros_like(q), causal, layout, None)
+        check_against_reference(f"out {shape}", to_bhsd(out, layout), out64, outlp, 2, 1e-5)
+        seen = torch.isfinite(lse64)
+        assert torch.equal(torch.isfinite(lse), seen) and (lse[~seen] == float("inf")).all()
+        assert (to_bhsd(out, layout)[~seen] == 0).all()
+        if seen.any():
+            assert max_err(lse[seen], lse64[seen]) < 1e-4
+        again, lse2 = fa2dist.flash_attention(q, k, v, causal=causal, layout=layout, return_lse=True)
+        assert torch.equal(out, again) and torch.equal(lse, lse2)
+    q, k, v = make_qkv(1, 4, 4, 256, 256, 128, dtype, "cuda", "bshd", 0)
+    n_calls = len(calls)
+    for kwargs in (dict(window_size=(32, 0)), dict(softcap=20.0), dict(dropout_p=0.1)):
+        fa2dist.flash_attention(q, k, v, causal=causal, **kwargs)
+    for head_dim in (64, 96, 256):
+        fa2dist.flash_attention(*make_qkv(1, 4, 4, 256, 256, head_dim, dtype, "cuda", "bshd", 0), causal=causal)
+    assert len(calls) == n_calls
+
+
+def test_warp_specialized_forward_falls_back_when_it_does_not_compile(monkeypatch):
+    """A Triton whose Gluon cannot compile the kernel runs the Triton forward, with one warning."""
+    from fa2dist.ops import attention
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+
+    def broken(*args):
+        raise TypeError("warp_specialize() got an unexpected keyword argument")
+
+    monkeypatch.setattr(attention, "_attn_fwd_ws", broken)
+    monkeypatch.setattr(attention, "_ws_error", None)
+    q, k, v = make_qkv(1, 4, 4, 300, 300, 128, torch.bfloat16, "cuda", "bshd", 3)
+    with pytest.warns(UserWarning, match="does not compile here"):
+        out = fa2dist.flash_attention(q, k, v, causal=True)
+    assert attention._ws_error.startswith("TypeError")
+    out64, _, _ = reference_with_grads(q, k, v, torch.zeros_like(q), True, "bshd", torch.float64)
+    outlp, _, _ = reference_with_grads(q, k, v, torch.zeros_like(q), True, "bshd", None)
+    check_against_reference("out", to_bhsd(out, "bshd"), out64, outlp, 2, 1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fa2dist.flash_attention(q, k, v, causal=True), out)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -10,12 +10,22 @@ from typing import NamedTuple
 
 import torch
 import triton
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # Triton < 3.4: no host-side tensor descriptors; the forward uses pointer loads
     TensorDescriptor = None
+
+try:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+
+    from fa2dist.ops.kernels.hopper import WS_TILES, attn_fwd_ws_kernel
+except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
+    attn_fwd_ws_kernel = None
+    WS_TILES = {}
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -296,6 +306,17 @@ def attn_fwd(
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
     tma = config.tma and _tma_ready(layout, q, k, v, out)
+    if config.warp_specialize and tma and _warp_specialized(q, head_dim, feats):
+        try:
+            _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim)
+            return out, lse
+        except (CompilationError, OutOfResources, AttributeError, TypeError) as err:
+            # Gluon is experimental: a Triton whose Gluon differs from the one this kernel was written for (3.6)
+            # runs the Triton forward instead, with one warning.
+            global _ws_error
+            _ws_error = f"{type(err).__name__}: {err}"
+            warnings.warn(f"fa2dist: the warp-specialised forward does not compile here ({_ws_error[:300]}); "
+                          "using the Triton forward.", stacklevel=2)
 
     def args(t: BlockConfig) -> tuple:
         tensors = (q, k, v, out)
@@ -319,6 +340,50 @@ def attn_fwd(
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
     )
     return out, lse
+
+
+_ws_error: str | None = None  # why the warp-specialised forward failed to compile, if it did
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def _warp_specialized(q: torch.Tensor, head_dim: int, feats: Features) -> bool:
+    """Whether this forward runs the warp-specialised Hopper kernel: an sm_90 GPU, head dim 64 or 128, dense
+    attention (causal or not; no window, softcap, ALiBi, dropout or variable length). The caller has checked that
+    the tensors suit tensor descriptors."""
+    return (
+        attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET and head_dim in WS_TILES
+        and not feats.varlen
+        and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
+        and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
+    )
+
+
+@functools.cache
+def _ws_layout(rows: int, head_dim: int, dtype: torch.dtype):
+    gl_dtype = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl_dtype)
+
+
+def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
+    """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
+    block_m, block_n, stages = WS_TILES[head_dim]
+    descs = []
+    # Q is loaded as one 128-row tile; each of the two compute warpgroups stores its own 64 rows of O.
+    for x, rows in ((q, block_m), (k, block_n), (v, block_n), (out, block_m // 2)):
+        heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
+        descs.append(GluonTensorDescriptor(
+            x, [x.shape[0], heads, seqlen, head_dim], [*_strides(x, layout), 1], [1, 1, rows, head_dim],
+            _ws_layout(rows, head_dim, x.dtype),
+        ))
+    attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
+        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
+        num_warps=4,
+    )
 
 
 def _descriptors(block_d: int, *specs) -> tuple:

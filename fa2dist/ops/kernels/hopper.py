@@ -1,0 +1,204 @@
+"""Warp-specialised FlashAttention forward for Hopper (sm_90), written in Gluon.
+
+Plain Triton cannot give warps different roles on sm_90, so this kernel spells them out (as FlashAttention-3 does):
+
+- a **load partition** (one warp) copies Q once, then K and V tiles into a ring of ``STAGES`` shared-memory buffers
+  with the Tensor Memory Accelerator; one mbarrier per buffer says "K landed", one "V landed", one "free again";
+- the **compute partition** (``num_warps`` warps, two warpgroups of 64 query rows each for a 128-row tile) issues
+  the asynchronous warpgroup MMAs and the softmax. Its loop overlaps the two: it issues tile j's q.k product, then
+  tile j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers, the A
+  operand of the MMA).
+
+Dense attention only (causal or not, bottom-right aligned as the portable kernel), fp16/bf16, the head dims of
+``WS_TILES``,
+4-D tensor descriptors over (batch, heads, seqlen, head dim): rows past a sequence load as zeros and are clipped on
+store. Everything else (windows, softcap, ALiBi, dropout, variable length, other head dims, other GPUs) runs the
+portable kernel in ``forward.py``. Gluon has no interpreter: this kernel runs on an sm_90 GPU only, and CPU tests
+cross-compile it.
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+#: (BLOCK_M, BLOCK_N, STAGES) per head dim that runs this kernel. Timed on an H200 (bf16, 16k tokens, 2026-11-26,
+#: benchmarks/results/h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest (229 KB of shared memory,
+#: within sm_90's 227 KiB); 2 stages and 64-key tiles were 3-10% slower, and so was ping-pong ordering of the two
+#: warpgroups' MMAs. At d64 the kernel is correct but only 2-3% faster than the Triton forward from 4k tokens and
+#: up to 17% slower at 1k, so d64 keeps the Triton forward.
+WS_TILES = {128: (128, 128, 3)}
+
+LOG2E = gl.constexpr(1.4426950408889634)
+LN2 = gl.constexpr(0.6931471805599453)
+
+
+@gluon.jit
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0, 0], q_bar, q_smem)
+    for i in range(n_tiles):
+        s = i % STAGES
+        # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
+        mbarrier.wait(free_bars.index(s), ((i // STAGES) & 1) ^ 1)
+        start_n = i * BLOCK_N
+        mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
+        mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr):
+    """One tile's online-softmax step in log2 units: (P, new row max, new row sum, rescale of the old output)."""
+    s = s * qk_scale
+    if masked:
+        keep = cols[None, :] + start_n < N_K
+        if CAUSAL:
+            keep = keep & (cols[None, :] + start_n <= rows[:, None] + diag)
+        s = gl.where(keep, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
+        m_sub = gl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_sub = m_new
+    p = gl.exp2(s - m_sub[:, None])
+    alpha = gl.exp2(m_i - m_sub)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                       off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset,
+                       WG_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
+    """One warpgroup's 64 query rows (rows ``WG * WG_M`` on of the tile), from Q in shared memory to O and LSE."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    dtype: gl.constexpr = q_smem.dtype
+
+    m_wg = m0 + WG * WG_M
+    rows = m_wg + gl.arange(0, WG_M, layout=row_s)
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    diag = N_K - N_Q
+    m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
+    acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
+    s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+    q = q_smem.reshape([2 * WG_M, HEAD_DIM]).slice(WG * WG_M, WG_M)
+
+    # Wait for Q even when no key is visible: its buffer stages the output below.
+    mbarrier.wait(q_bar, 0)
+    if n_tiles > 0:
+        mbarrier.wait(k_bars.index(0), 0)
+        s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+                          use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s,))
+        p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
+        for i in range(1, n_tiles):
+            st = i % STAGES
+            prev = (i - 1) % STAGES
+            # Tile i's scores ...
+            mbarrier.wait(k_bars.index(st), (i // STAGES) & 1)
+            mbarrier.wait(v_bars.index(prev), ((i - 1) // STAGES) & 1)
+            s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+                              use_acc=False, is_async=True)
+            # ... then tile i-1's P V, which runs on the tensor cores while this tile's softmax runs.
+            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                                v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            s = warpgroup_mma_wait(1, deps=(s,))
+            p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
+                                          i >= first_masked, CAUSAL)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(free_bars.index(prev))
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        last = (n_tiles - 1) % STAGES
+        mbarrier.wait(v_bars.index(last), ((n_tiles - 1) // STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                            v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+
+    empty = l_i == 0.0
+    acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
+    lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
+    gl.store(LSE + lse_offset + rows, lse, mask=rows < N_Q)
+    # This warpgroup no longer reads its rows of Q: they stage its rows of the output for the copy engine (rows
+    # past the sequence are clipped).
+    q.store(acc.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.slice(WG * WG_M, WG_M, dim=2))
+    tma.store_wait(0)
+
+
+@gluon.jit
+def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, H, GROUP, N_Q, N_K,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), batch * H); causal grids run
+    their longest query tiles first."""
+    if CAUSAL:
+        start_m = gl.num_programs(0) - 1 - gl.program_id(0)
+    else:
+        start_m = gl.program_id(0)
+    off_zh = gl.program_id(1)
+    off_z = off_zh // H
+    off_h = off_zh % H
+    off_hk = off_h // GROUP
+    m0 = start_m * BLOCK_M
+    diag = N_K - N_Q
+
+    if CAUSAL:
+        hi = gl.minimum(gl.maximum(m0 + BLOCK_M + diag, 0), N_K)
+        # Tiles from here on cross the diagonal (or the end of the keys) for some row of this query tile.
+        first_masked = gl.minimum(gl.maximum(m0 + diag + 1, 0) // BLOCK_N, N_K // BLOCK_N)
+    else:
+        hi = N_K
+        first_masked = N_K // BLOCK_N
+    n_tiles = gl.cdiv(hi, BLOCK_N)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=2)  # one arrival per warpgroup
+
+    lse_offset = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh
+    qk_scale = sm_scale * LOG2E
+    WG_M: gl.constexpr = BLOCK_M // 2
+    # The tuples are spelled out in the call: built beforehand, their constexprs would turn into tensors.
+    gl.warp_specialize(
+        [
+            (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                  off_z, off_h,
+                                  m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M, BLOCK_N, HEAD_DIM,
+                                  STAGES, CAUSAL, 0)),
+            (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                  off_z, off_h,
+                                  m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M, BLOCK_N, HEAD_DIM,
+                                  STAGES, CAUSAL, 1)),
+            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                               off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+        ],
+        [4, 1],
+        [240, 24],
+    )
