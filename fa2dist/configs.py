@@ -126,9 +126,10 @@ class KernelsConfig:
         capability: set by fitting: the compute capability the tiles were fitted for.
         tma: load the forward's tiles with tensor descriptors (the Tensor Memory Accelerator, sm_90 and newer) for
             dense fp16/bf16 inputs with 16-byte aligned strides; other calls run the pointer-load kernel.
-        warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16, the head dims of
-            ``fa2dist.ops.kernels.hopper.WS_TILES``: 128) in the warp-specialised Gluon kernel (a loading warp, two
-            computing warpgroups, its own tiles) instead of the Triton forward.
+        warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16) at the head dims
+            and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d128; d64 from 4k keys) in the warp-specialised
+            Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead of the Triton
+            forward.
 
     Example::
 

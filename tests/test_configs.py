@@ -31,7 +31,7 @@ from fa2dist.configs import (
     unregister_configs,
 )
 from fa2dist.ops import fit
-from fa2dist.ops.attention import WS_TILES
+from fa2dist.ops.kernels.hopper import WS_TILES
 
 # Each family's own architecture, and a GPU of it as PyTorch describes it (shared_memory_per_block_optin).
 FAMILY_CAPABILITY = {
@@ -489,15 +489,15 @@ def _replace_headdim(value: int) -> KernelsConfig:
 # ---- the warp-specialised Hopper forward (Gluon), cross-compiled for sm_90 --------------------------------------------
 
 
-def _ws_source(head_dim: int, causal: bool, dtype: torch.dtype):
+def _ws_source(tiles: tuple[int, int, int], head_dim: int, causal: bool, dtype: torch.dtype):
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import mangle_type
 
-    from fa2dist.ops.kernels.hopper import WS_TILES, attn_fwd_ws_kernel
+    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel
 
-    block_m, block_n, stages = WS_TILES[head_dim]
+    block_m, block_n, stages = tiles
     x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
     gl_dtype = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
 
@@ -507,8 +507,8 @@ def _ws_source(head_dim: int, causal: bool, dtype: torch.dtype):
         return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
 
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
-    types = dict(q_desc=desc(block_m), k_desc=desc(block_n), v_desc=desc(block_n), o_desc=desc(block_m // 2),
-                 LSE="*fp32", sm_scale="fp32")
+    types = dict(q_desc=desc(64), k_desc=desc(block_n), v_desc=desc(block_n), o_desc=desc(64), LSE="*fp32",
+                 sm_scale="fp32")
     signature = {
         name: "constexpr" if name in constexprs else types.get(name, "i32") for name in attn_fwd_ws_kernel.arg_names
     }
@@ -517,28 +517,31 @@ def _ws_source(head_dim: int, causal: bool, dtype: torch.dtype):
 
 @needs_compiler
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("head_dim", sorted(WS_TILES))
-def test_warp_specialized_forward_fits_hopper(head_dim, causal):
-    """The Gluon kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with the
-    register split it asks for (one loading warp at 24 registers, two computing warpgroups at 240) and no spills.
-    (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
+@pytest.mark.parametrize("row", WS_TILES, ids=lambda r: f"d{r[0]}-{r[2][0]}x{r[2][1]}")
+def test_warp_specialized_forward_fits_hopper(row, causal):
+    """The Gluon kernel compiles for sm_90 with each registered tile, within the H100's shared memory, with the
+    register split it asks for (one loading warp at 24 registers, the computing warpgroups at 240 or 160) and no
+    local memory (spills). (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
     import re
 
+    head_dim, _, tiles = row
     for dtype in (torch.bfloat16, torch.float16):
         compiled = triton.compile(
-            _ws_source(head_dim, causal, dtype), target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
+            _ws_source(tiles, head_dim, causal, dtype), target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
             options={"num_warps": 4},
         )
         assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
         ptx = compiled.asm["ptx"]
         assert ".local" not in ptx
-        assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
-        assert len(re.findall(r"wgmma\.mma_async", ptx)) > 0
+        compute_regs = "240" if tiles[0] == 128 else "160"
+        assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", compute_regs}
+        assert re.search(r"wgmma\.mma_async", ptx)
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
-    """Dense fp16/bf16 attention at head dim 128 on sm_90; everything else runs the Triton forward."""
+    """Dense fp16/bf16 attention at d128 (d64 from 4k keys) on sm_90; everything else runs the Triton forward."""
     from fa2dist.ops import attention
+    from fa2dist.ops.kernels.hopper import ws_tiles
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -547,9 +550,11 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     q = torch.empty(1, 8, 2, 64)
     dense = attention.Features(0.125)
     causal = attention.Features(0.125, window_right=0)
-    assert attention._warp_specialized(q, 128, dense) and attention._warp_specialized(q, 128, causal)
-    for head_dim in (32, 64, 96, 256):
-        assert not attention._warp_specialized(q, head_dim, dense)
+    assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
+    assert attention._warp_specialized(q, 64, 4096, dense) and not attention._warp_specialized(q, 64, 4095, dense)
+    assert ws_tiles(64, 4096) == (128, 128, 3) and ws_tiles(64, 8192) == (192, 64, 4) and ws_tiles(64, 100) is None
+    for head_dim in (32, 96, 256):
+        assert not attention._warp_specialized(q, head_dim, 8192, dense)
     for feats in (
         attention.Features(0.125, window_left=16, window_right=0),
         attention.Features(0.125, window_right=4),
@@ -557,10 +562,11 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         attention.Features(0.125, alibi=True),
         attention.Features(0.125, dropout_p=0.1),
         attention.Features(0.125, varlen=True),
+        attention.Features(-0.125),
     ):
-        assert not attention._warp_specialized(q, 128, feats), feats
+        assert not attention._warp_specialized(q, 128, 8192, feats), feats
     for capability in ((8, 0), (8, 9), (10, 0), (12, 0)):
         monkeypatch.setattr(attention, "_capability", lambda device, c=capability: c)
-        assert not attention._warp_specialized(q, 128, dense)
+        assert not attention._warp_specialized(q, 128, 8192, dense)
     assert configs.DEFAULT_CONFIGS[(9, 0)].warp_specialize
     assert not any(c.warp_specialize for cap, c in configs.DEFAULT_CONFIGS.items() if cap != (9, 0))

@@ -22,10 +22,9 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from fa2dist.ops.kernels.hopper import WS_TILES, attn_fwd_ws_kernel
+    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel, ws_tiles
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
     attn_fwd_ws_kernel = None
-    WS_TILES = {}
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -306,7 +305,7 @@ def attn_fwd(
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
     tma = config.tma and _tma_ready(layout, q, k, v, out)
-    if config.warp_specialize and tma and _warp_specialized(q, head_dim, feats):
+    if config.warp_specialize and tma and _warp_specialized(q, head_dim, seqlen_k, feats):
         try:
             _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim)
             return out, lse
@@ -350,13 +349,13 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def _warp_specialized(q: torch.Tensor, head_dim: int, feats: Features) -> bool:
-    """Whether this forward runs the warp-specialised Hopper kernel: an sm_90 GPU, head dim 64 or 128, dense
-    attention (causal or not; no window, softcap, ALiBi, dropout or variable length). The caller has checked that
-    the tensors suit tensor descriptors."""
+def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Features) -> bool:
+    """Whether this forward runs the warp-specialised Hopper kernel: an sm_90 GPU, a head dim and length it has
+    tiles for (``hopper.WS_TILES``), dense attention (causal or not; no window, softcap, ALiBi, dropout or variable
+    length) with a positive scale. The caller has checked that the tensors suit tensor descriptors."""
     return (
-        attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET and head_dim in WS_TILES
-        and not feats.varlen
+        attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET and feats.softmax_scale > 0
+        and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
         and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
         and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )
@@ -370,10 +369,10 @@ def _ws_layout(rows: int, head_dim: int, dtype: torch.dtype):
 
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
-    block_m, block_n, stages = WS_TILES[head_dim]
+    block_m, block_n, stages = ws_tiles(head_dim, seqlen_k)
     descs = []
-    # Q is loaded as one 128-row tile; each of the two compute warpgroups stores its own 64 rows of O.
-    for x, rows in ((q, block_m), (k, block_n), (v, block_n), (out, block_m // 2)):
+    # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
+    for x, rows in ((q, 64), (k, block_n), (v, block_n), (out, 64)):
         heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
         descs.append(GluonTensorDescriptor(
             x, [x.shape[0], heads, seqlen, head_dim], [*_strides(x, layout), 1], [1, 1, rows, head_dim],

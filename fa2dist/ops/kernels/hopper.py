@@ -4,13 +4,13 @@ Plain Triton cannot give warps different roles on sm_90, so this kernel spells t
 
 - a **load partition** (one warp) copies Q once, then K and V tiles into a ring of ``STAGES`` shared-memory buffers
   with the Tensor Memory Accelerator; one mbarrier per buffer says "K landed", one "V landed", one "free again";
-- the **compute partition** (``num_warps`` warps, two warpgroups of 64 query rows each for a 128-row tile) issues
-  the asynchronous warpgroup MMAs and the softmax. Its loop overlaps the two: it issues tile j's q.k product, then
-  tile j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers, the A
-  operand of the MMA).
+- two or three **compute partitions** (one warpgroup each, 64 query rows each of a 128- or 192-row tile) issue the
+  asynchronous warpgroup MMAs and the softmax, each at its own pace. Each loop overlaps the two: it issues tile j's
+  q.k product, then tile j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays
+  in registers, the A operand of the MMA; the exponent is one FMA, exp2(s * scale - max)).
 
-Dense attention only (causal or not, bottom-right aligned as the portable kernel), fp16/bf16, the head dims of
-``WS_TILES``,
+Dense attention only (causal or not, bottom-right aligned as the portable kernel), fp16/bf16, a positive softmax
+scale, the head dims and lengths of ``WS_TILES``,
 4-D tensor descriptors over (batch, heads, seqlen, head dim): rows past a sequence load as zeros and are clipped on
 store. Everything else (windows, softcap, ALiBi, dropout, variable length, other head dims, other GPUs) runs the
 portable kernel in ``forward.py``. Gluon has no interpreter: this kernel runs on an sm_90 GPU only, and CPU tests
@@ -27,12 +27,28 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-#: (BLOCK_M, BLOCK_N, STAGES) per head dim that runs this kernel. Timed on an H200 (bf16, 16k tokens, 2026-11-26,
-#: benchmarks/results/h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest (229 KB of shared memory,
-#: within sm_90's 227 KiB); 2 stages and 64-key tiles were 3-10% slower, and so was ping-pong ordering of the two
-#: warpgroups' MMAs. At d64 the kernel is correct but only 2-3% faster than the Triton forward from 4k tokens and
-#: up to 17% slower at 1k, so d64 keeps the Triton forward.
-WS_TILES = {128: (128, 128, 3)}
+#: (head dim, shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES)): the calls this kernel runs, and its tiles (the last
+#: matching row wins). BLOCK_M is 64 rows per computing warpgroup: 128 (two) or 192 (three). Timed on an H100 and an
+#: H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws, h200-2026-11-26-ws): at d128, 128x128
+#: with 3 stages was fastest at every length (229 KB of shared memory, within sm_90's 227 KiB); 2 stages and
+#: 64-key tiles were 3-10% slower, and so was ping-pong ordering of the warpgroups' MMAs. At d64 the kernel beats
+#: the Triton forward from 4k keys (128x128: +5-8% at 4k; 192x64: +11-15% at 16k) but not at 1k (-7% causal), so
+#: shorter d64 calls keep the Triton forward.
+WS_TILES = (
+    (64, 4096, (128, 128, 3)),
+    (64, 8192, (192, 64, 4)),
+    (128, 0, (128, 128, 3)),
+)
+
+
+def ws_tiles(head_dim: int, seqlen_k: int) -> tuple[int, int, int] | None:
+    """The tiles for this call, or None where it runs the Triton forward."""
+    tiles = None
+    for dim, shortest, row in WS_TILES:
+        if dim == head_dim and seqlen_k >= shortest:
+            tiles = row
+    return tiles
+
 
 LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
@@ -41,8 +57,11 @@ LN2 = gl.constexpr(0.6931471805599453)
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
                     off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0, 0], q_bar, q_smem)
+    NUM_WG: gl.constexpr = q_smem.shape[0]
+    WG_M: gl.constexpr = q_desc.block_type.shape[2]
+    mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
+    for w in gl.static_range(NUM_WG):
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0 + w * WG_M, 0], q_bar, q_smem.index(w))
     for i in range(n_tiles):
         s = i % STAGES
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
@@ -56,20 +75,20 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bar
 
 @gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr):
-    """One tile's online-softmax step in log2 units: (P, new row max, new row sum, rescale of the old output)."""
-    s = s * qk_scale
+    """One tile's online-softmax step on raw q.k scores (row max ``m_i`` in scaled log2 units, ``qk_scale`` > 0):
+    (P, new row max, new row sum, rescale of the old output). P = exp2(s * scale - m), one FMA per score."""
     if masked:
         keep = cols[None, :] + start_n < N_K
         if CAUSAL:
             keep = keep & (cols[None, :] + start_n <= rows[:, None] + diag)
         s = gl.where(keep, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
         m_sub = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = gl.maximum(m_i, gl.max(s, 1))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         m_sub = m_new
-    p = gl.exp2(s - m_sub[:, None])
+    p = gl.exp2(s * qk_scale - m_sub[:, None])
     alpha = gl.exp2(m_i - m_sub)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, l_i, alpha
@@ -80,7 +99,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
                        off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset,
                        WG_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
-    """One warpgroup's 64 query rows (rows ``WG * WG_M`` on of the tile), from Q in shared memory to O and LSE."""
+    """One warpgroup's 64 query rows (rows ``WG * WG_M`` on of the tile), from its Q buffer to O and LSE."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -98,7 +117,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
-    q = q_smem.reshape([2 * WG_M, HEAD_DIM]).slice(WG * WG_M, WG_M)
+    q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
 
     # Wait for Q even when no key is visible: its buffer stages the output below.
     mbarrier.wait(q_bar, 0)
@@ -135,11 +154,11 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
     gl.store(LSE + lse_offset + rows, lse, mask=rows < N_Q)
-    # This warpgroup no longer reads its rows of Q: they stage its rows of the output for the copy engine (rows
-    # past the sequence are clipped).
+    # This warpgroup no longer reads its Q buffer: it stages its rows of the output for the copy engine (rows past
+    # the sequence are clipped).
     q.store(acc.to(dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.slice(WG * WG_M, WG_M, dim=2))
+    tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.index(WG))
     tma.store_wait(0)
 
 
@@ -148,7 +167,9 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), batch * H); causal grids run
-    their longest query tiles first."""
+    their longest query tiles first. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup),
+    ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide
+    blocks. BLOCK_M is 128 or 192."""
     if CAUSAL:
         start_m = gl.num_programs(0) - 1 - gl.program_id(0)
     else:
@@ -169,7 +190,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
         first_masked = N_K // BLOCK_N
     n_tiles = gl.cdiv(hi, BLOCK_N)
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M // 64] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -180,25 +201,43 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
     for i in gl.static_range(STAGES):
         mbarrier.init(k_bars.index(i), count=1)
         mbarrier.init(v_bars.index(i), count=1)
-        mbarrier.init(free_bars.index(i), count=2)  # one arrival per warpgroup
+        mbarrier.init(free_bars.index(i), count=BLOCK_M // 64)  # one arrival per warpgroup
 
     lse_offset = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh
     qk_scale = sm_scale * LOG2E
-    WG_M: gl.constexpr = BLOCK_M // 2
-    # The tuples are spelled out in the call: built beforehand, their constexprs would turn into tensors.
-    gl.warp_specialize(
-        [
-            (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                  off_z, off_h,
-                                  m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M, BLOCK_N, HEAD_DIM,
-                                  STAGES, CAUSAL, 0)),
-            (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                  off_z, off_h,
-                                  m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M, BLOCK_N, HEAD_DIM,
-                                  STAGES, CAUSAL, 1)),
-            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                               off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
-        ],
-        [4, 1],
-        [240, 24],
-    )
+    # The tuples are spelled out in the calls: built beforehand, their constexprs would turn into tensors.
+    WG_M: gl.constexpr = 64
+    gl.static_assert(BLOCK_M == 128 or BLOCK_M == 192, "BLOCK_M is two or three warpgroups of 64 rows")
+    if BLOCK_M == 128:
+        gl.warp_specialize(
+            [
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                   off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+            ],
+            [4, 1],
+            [240, 24],
+        )
+    else:
+        gl.warp_specialize(
+            [
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 2)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
+                                   off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+            ],
+            [4, 4, 1],
+            [160, 160, 24],
+        )
