@@ -131,6 +131,7 @@ def _gpu_info(index: int, head_dims: Sequence[int]) -> dict:
         config_source=config.source,
         max_headdim=config.max_headdim,
         tma=config.tma,
+        warp_specialize=config.warp_specialize,
         warnings=[str(w.message) for w in caught],
         tiles=_config_tiles(config, head_dims),
     )
@@ -180,6 +181,8 @@ def format_info(info: dict) -> str:
             lines.append(f"    not supported: {gpu['error']}")
             continue
         loads = "tensor descriptors (TMA) where aligned" if gpu["tma"] else "pointer loads"
+        if gpu.get("warp_specialize"):
+            loads += "; warp-specialised forward (Gluon) where it applies"
         lines.append(
             f"    config: {gpu['family']} (max head dim {gpu['max_headdim']}; {loads}; {gpu['config_source']})"
         )
