@@ -158,6 +158,11 @@ class KernelsConfig:
         for name in ("tma", "warp_specialize"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`KernelsConfig({name}={getattr(self, name)!r})` must be True or False.")
+        if self.warp_specialize and not self.tma:
+            raise ValueError(
+                "`KernelsConfig(warp_specialize=True)` needs `tma=True`: the warp-specialised kernel loads its tiles "
+                "with tensor descriptors. Set both, or `warp_specialize=False`."
+            )
         if not (isinstance(self.family, str) and self.family):
             raise TypeError(f"`KernelsConfig(family={self.family!r})` must be a non-empty name such as 'ampere'.")
         if not isinstance(self.source, str):
@@ -297,7 +302,8 @@ _HOPPER = KernelsConfig(
         (256, _bw((32, 32, 4, 2), (64, 32, 8, 1))),
     ),
     source="sweep on H100 80GB HBM3, Triton 3.6.0, bf16 seqlen 4k, 2026-11-25 (benchmarks/SWEEP_NOTES.md); "
-    "backward re-swept with tensor-descriptor loads 2026-11-26; warp-specialised forward timed on an H200 2026-11-26",
+    "backward re-swept with tensor-descriptor loads 2026-11-26; warp-specialised forward timed on an H100 and an "
+    "H200 2026-11-26",
     tma=True,
     warp_specialize=True,
 )

@@ -1,5 +1,6 @@
-"""The Triton kernels on a CUDA GPU (marker ``gpu``): correctness matrix, bf16, head dim 256, long sequences,
-bitwise determinism, every family's config through the override, and the seed package's usage examples."""
+"""The kernels on a CUDA GPU (marker ``gpu``): correctness matrix, bf16, head dim 256, long sequences,
+bitwise determinism, the warp-specialised Hopper forward (Gluon), every family's config through the override, and
+the seed package's usage examples."""
 
 import warnings
 import zlib

@@ -350,12 +350,12 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Features) -> bool:
-    """Whether this forward runs the warp-specialised Hopper kernel: an sm_90 GPU, a head dim and length it has
-    tiles for (``hopper.WS_TILES``), dense attention (causal or not; no window, softcap, ALiBi, dropout or variable
-    length) with a positive scale. The caller has checked that the tensors suit tensor descriptors."""
+    """Whether this forward runs the warp-specialised Hopper kernel: fp16/bf16 on an sm_90 GPU, a head dim and length
+    it has tiles for (``hopper.WS_TILES``), dense attention (causal or not; no window, softcap, ALiBi, dropout or
+    variable length) with a positive scale. The caller has checked that the tensors suit tensor descriptors."""
     return (
-        attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET and feats.softmax_scale > 0
-        and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
+        attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET
+        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0 and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
         and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
         and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )

@@ -30,10 +30,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: (head dim, shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES)): the calls this kernel runs, and its tiles (the last
 #: matching row wins). BLOCK_M is 64 rows per computing warpgroup: 128 (two) or 192 (three). Timed on an H100 and an
 #: H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws, h200-2026-11-26-ws): at d128, 128x128
-#: with 3 stages was fastest at every length (229 KB of shared memory, within sm_90's 227 KiB); 2 stages (10-15%),
+#: with 3 stages was fastest at every length (224 KiB of shared memory, of sm_90's 227 KiB); 2 stages (10-15%),
 #: 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to +1%) were not faster. At d64 the
-#: kernel beats the Triton forward from 4k keys (128x128: +5-8% at 4k; 192x64: +11-15% at 16k) but not at 1k
-#: (-7% causal), so shorter d64 calls keep the Triton forward.
+#: kernel beats the Triton forward from 4k keys (128x128: +5-9% at 4k; 192x64: +11-15% at 16k) but not at 1k
+#: (-7% causal), so shorter d64 calls keep the Triton forward. The 8k switch to 192-row tiles lies between the two
+#: measured lengths (4k, 16k); 8k itself was not timed.
 WS_TILES = (
     (64, 4096, (128, 128, 3)),
     (64, 8192, (192, 64, 4)),
