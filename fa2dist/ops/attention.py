@@ -355,7 +355,8 @@ def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Feat
     variable length) with a positive scale. The caller has checked that the tensors suit tensor descriptors."""
     return (
         attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET
-        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0 and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
+        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0
+        and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
         and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
         and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )
