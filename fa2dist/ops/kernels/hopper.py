@@ -1,6 +1,7 @@
 """Warp-specialised FlashAttention forward for Hopper (sm_90), written in Gluon.
 
-Plain Triton cannot give warps different roles on sm_90, so this kernel spells them out (as FlashAttention-3 does):
+Triton 3.6's automatic warp specialisation does not take this loop on sm_90, so this kernel gives the warps their
+roles itself (as FlashAttention-3 does):
 
 - a **load partition** (one warp) copies Q once, then K and V tiles into a ring of ``STAGES`` shared-memory buffers
   with the Tensor Memory Accelerator; one mbarrier per buffer says "K landed", one "V landed", one "free again";
@@ -10,9 +11,8 @@ Plain Triton cannot give warps different roles on sm_90, so this kernel spells t
   in registers, the A operand of the MMA; the exponent is one FMA, exp2(s * scale - max)).
 
 Dense attention only (causal or not, bottom-right aligned as the portable kernel), fp16/bf16, a positive softmax
-scale, the head dims and lengths of ``WS_TILES``,
-4-D tensor descriptors over (batch, heads, seqlen, head dim): rows past a sequence load as zeros and are clipped on
-store. Everything else (windows, softcap, ALiBi, dropout, variable length, other head dims, other GPUs) runs the
+scale, the head dims and lengths of ``WS_TILES``, 4-D tensor descriptors over (batch, heads, seqlen, head dim): rows
+past a sequence load as zeros and are clipped on store. Everything else (windows, softcap, ALiBi, dropout, variable length, other head dims, other GPUs) runs the
 portable kernel in ``forward.py``. Gluon has no interpreter: this kernel runs on an sm_90 GPU only, and CPU tests
 cross-compile it.
 """
@@ -100,7 +100,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
                        off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset,
                        WG_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
-    """One warpgroup's 64 query rows (rows ``WG * WG_M`` on of the tile), from its Q buffer to O and LSE."""
+    """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of the tile, one warpgroup: from its Q buffer to O and LSE."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
