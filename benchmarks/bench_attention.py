@@ -40,18 +40,21 @@ def flops(batch, nheads, seqlen, head_dim, causal, mode):
     return {"fwd": f, "bwd": 2.5 * f, "fwdbwd": 3.5 * f}[mode]
 
 
+# fa2dist providers: "fa2dist-{det,sp}" plus a suffix that changes the device's config. "-ptr": the pointer-load
+# forward instead of tensor descriptors (an A/B of TMA); "-triton": the Triton forward instead of the
+# warp-specialised one (sm_90), tensor descriptors kept.
+FA2DIST_VARIANTS = {"": {}, "-ptr": dict(tma=False, warp_specialize=False), "-triton": dict(warp_specialize=False)}
+
+
 def make_provider(name, causal):
     """A function (q, k, v) -> out in (batch, nheads, seqlen, headdim) for each provider, or None if unavailable."""
-    variants = {"": {}, "-ptr": dict(tma=False, warp_specialize=False), "-triton": dict(warp_specialize=False)}
-    base, _, variant = name.partition("-")[2].partition("-")
-    if name.startswith("fa2dist-") and base in ("det", "sp") and ("-" + variant if variant else "") in variants:
-        det = base == "det"
-        # "-ptr": the device's config with the pointer-load forward instead of tensor descriptors (an A/B of TMA);
-        # "-triton": the Triton forward instead of the warp-specialised one (sm_90), tensor descriptors kept.
-        changes = variants["-" + variant if variant else ""]
-        cfg = replace(select_config(torch.device("cuda")), **changes) if changes else None
-        return lambda q, k, v: fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd", deterministic=det,
-                                                        config=cfg)
+    for mode in ("det", "sp"):
+        for suffix, changes in FA2DIST_VARIANTS.items():
+            if name == f"fa2dist-{mode}{suffix}":
+                cfg = replace(select_config(torch.device("cuda")), **changes) if changes else None
+                return lambda q, k, v: fa2dist.flash_attention(
+                    q, k, v, causal=causal, layout="bhsd", deterministic=mode == "det", config=cfg
+                )
     backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
                 "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
     if name in backends:

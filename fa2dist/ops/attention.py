@@ -371,14 +371,11 @@ def _ws_layout(rows: int, head_dim: int, dtype: torch.dtype):
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
     block_m, block_n, stages = ws_tiles(head_dim, seqlen_k)
-    descs = []
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
-    for x, rows in ((q, 64), (k, block_n), (v, block_n), (out, 64)):
-        heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
-        descs.append(GluonTensorDescriptor(
-            x, [x.shape[0], heads, seqlen, head_dim], [*_strides(x, layout), 1], [1, 1, rows, head_dim],
-            _ws_layout(rows, head_dim, x.dtype),
-        ))
+    descs = [
+        GluonTensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, head_dim], _ws_layout(rows, head_dim, x.dtype))
+        for x, rows in ((q, 64), (k, block_n), (v, block_n), (out, 64))
+    ]
     attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
         *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
@@ -386,16 +383,16 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     )
 
 
+def _bhsd_view(x: torch.Tensor, layout: str) -> tuple[list[int], list[int]]:
+    """Shape and strides of a dense 4-D tensor in ``layout`` seen as (batch, heads, seqlen, head dim)."""
+    heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
+    return [x.shape[0], heads, seqlen, x.shape[3]], [*_bhsd_strides(x, layout), 1]
+
+
 def _descriptors(block_d: int, *specs) -> tuple:
     """Tensor descriptors over (batch, heads, seqlen, head dim) views of dense ``(tensor, layout, rows)`` specs,
     with blocks of ``rows`` rows of one head, ``block_d`` wide (the copy engine zero-fills past the head dim)."""
-    out = []
-    for x, layout, rows in specs:
-        heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
-        out.append(TensorDescriptor(
-            x, [x.shape[0], heads, seqlen, x.shape[3]], [*_strides(x, layout), 1], [1, 1, rows, block_d]
-        ))
-    return tuple(out)
+    return tuple(TensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, block_d]) for x, layout, rows in specs)
 
 
 def _tma_ready(layout: str, *tensors: torch.Tensor) -> bool:
