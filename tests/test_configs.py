@@ -491,9 +491,9 @@ def _replace_headdim(value: int) -> KernelsConfig:
 # ---- the warp-specialised Hopper forward (Gluon), cross-compiled for sm_90 --------------------------------------------
 
 try:
-    from fa2dist.ops.kernels.hopper import WS_TILES
+    from fa2dist.ops.kernels.hopper import WS_BWD_TILES, WS_TILES
 except ImportError:  # a Triton without Gluon (fa2dist then runs the Triton kernels only)
-    WS_TILES = ()
+    WS_TILES, WS_BWD_TILES = (), {}
 
 
 def _ptxas_spill_bytes(ptx: str) -> int:
@@ -601,3 +601,43 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert not any(c.warp_specialize for cap, c in configs.DEFAULT_CONFIGS.items() if cap != (9, 0))
     with pytest.raises(ValueError, match="needs `tma=True`"):
         dataclasses.replace(configs.DEFAULT_CONFIGS[(9, 0)], tma=False)
+
+
+@needs_compiler
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("head_dim", sorted(WS_BWD_TILES))
+def test_warp_specialized_backward_fits_hopper(head_dim, causal):
+    """The Gluon dK/dV kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with
+    the register split it asks for (24 for the loading warp, 240 for each computing warpgroup)."""
+    import re
+
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_ws_kernel
+
+    block_m, block_n, stages = WS_BWD_TILES[head_dim]
+    x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
+
+    def desc(rows):
+        block = [1, 1, rows, head_dim]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
+
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    types = dict(q_desc=desc(block_m), do_desc=desc(block_m), LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+                 **{name: desc(block_n // 2) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
+    signature = {
+        name: "constexpr" if name in constexprs else types.get(name, "i32")
+        for name in attn_bwd_dkdv_ws_kernel.arg_names
+    }
+    compiled = triton.compile(
+        GluonASTSource(attn_bwd_dkdv_ws_kernel, signature, constexprs),
+        target=triton.backends.compiler.GPUTarget("cuda", 90, 32), options={"num_warps": 4},
+    )
+    assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
+    ptx = compiled.asm["ptx"]
+    assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
+    assert re.search(r"wgmma\.mma_async", ptx)

@@ -22,9 +22,10 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel, ws_tiles
+    from fa2dist.ops.kernels.hopper import WS_BWD_TILES, attn_bwd_dkdv_ws_kernel, attn_fwd_ws_kernel, ws_tiles
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
-    attn_fwd_ws_kernel = None
+    attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = None
+    WS_BWD_TILES = {}
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -309,13 +310,8 @@ def attn_fwd(
         try:
             _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim)
             return out, lse
-        except (CompilationError, OutOfResources, AttributeError, TypeError) as err:
-            # Gluon is experimental: a Triton whose Gluon differs from the one this kernel was written for (3.6)
-            # runs the Triton forward instead, with one warning.
-            global _ws_error
-            _ws_error = f"{type(err).__name__}: {err}"
-            warnings.warn(f"fa2dist: the warp-specialised forward does not compile here ({_ws_error[:300]}); "
-                          "using the Triton forward.", stacklevel=2)
+        except _GLUON_ERRORS as err:
+            _gluon_failed("forward", err)
 
     def args(t: BlockConfig) -> tuple:
         tensors = (q, k, v, out)
@@ -341,7 +337,17 @@ def attn_fwd(
     return out, lse
 
 
-_ws_error: str | None = None  # why the warp-specialised forward failed to compile, if it did
+_ws_error: str | None = None  # why a warp-specialised kernel failed to compile, if one did
+# Gluon is experimental: a Triton whose Gluon differs from the one these kernels were written for (3.6) runs the
+# Triton kernels instead, with one warning.
+_GLUON_ERRORS = (CompilationError, OutOfResources, AttributeError, TypeError)
+
+
+def _gluon_failed(what: str, err: Exception) -> None:
+    global _ws_error
+    _ws_error = f"{type(err).__name__}: {err}"
+    warnings.warn(f"fa2dist: the warp-specialised {what} does not compile here ({_ws_error[:300]}); using the Triton "
+                  "kernels.", stacklevel=3)
 
 
 @functools.cache
@@ -350,13 +356,18 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Features) -> bool:
-    """Whether this forward runs the warp-specialised Hopper kernel: fp16/bf16 on an sm_90 GPU, a head dim and length
-    it has tiles for (``hopper.WS_TILES``), dense attention (causal or not; no window, softcap, ALiBi, dropout or
-    variable length) with a positive scale. The caller has checked that the tensors suit tensor descriptors."""
+    """Whether this forward runs the warp-specialised Hopper kernel: a head dim and length it has tiles for
+    (``hopper.WS_TILES``) and :func:`_dense_on_sm90`. The caller has checked that the tensors suit tensor
+    descriptors."""
+    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, seqlen_k) is not None
+
+
+def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
+    """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, dense attention (causal or not; no window,
+    softcap, ALiBi, dropout or variable length) with a positive scale."""
     return (
         attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET
-        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0
-        and ws_tiles(head_dim, seqlen_k) is not None and not feats.varlen
+        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0 and not feats.varlen
         and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
         and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )
@@ -372,12 +383,31 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
     block_m, block_n, stages = ws_tiles(head_dim, seqlen_k)
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
-    descs = [
-        GluonTensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, head_dim], _ws_layout(rows, head_dim, x.dtype))
-        for x, rows in ((q, 64), (k, block_n), (v, block_n), (out, 64))
-    ]
+    descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
         *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
+        num_warps=4,
+    )
+
+
+def _ws_descriptors(layout: str, head_dim: int, *specs) -> list:
+    """Gluon tensor descriptors over (batch, heads, seqlen, head dim) views of ``(tensor, rows)`` specs."""
+    return [
+        GluonTensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, head_dim], _ws_layout(rows, head_dim, x.dtype))
+        for x, rows in specs
+    ]
+
+
+def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q, seqlen_k,
+                      head_dim) -> None:
+    """Launch the warp-specialised deterministic dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv."""
+    block_m, block_n, stages = WS_BWD_TILES[head_dim]
+    # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
+    descs = _ws_descriptors(layout, head_dim, (q, block_m), (k, block_n // 2), (v, block_n // 2), (do, block_m),
+                            (dk, block_n // 2), (dv, block_n // 2))
+    attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
+        *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
         num_warps=4,
     )
@@ -488,14 +518,26 @@ def attn_bwd(
             nheads_kv, group, seqlen_q, seqlen_k, *windows,
         )
 
-    _launch(
-        _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), batch * nheads_kv),
-        dkdv_args,
-        # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
-        dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0, TMA=tma,
-             TMA_DQ=tma_dq),
-        prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
+    ws = (
+        deterministic and tma and config.warp_specialize and head_dim in WS_BWD_TILES and _dense_on_sm90(q, feats)
+        and _tma_ready(layout, dk, dv)
     )
+    if ws:
+        try:
+            _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
+                              seqlen_k, head_dim)
+        except _GLUON_ERRORS as err:
+            _gluon_failed("backward", err)
+            ws = False
+    if not ws:
+        _launch(
+            _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+            dkdv_args,
+            # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
+            dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0, TMA=tma,
+                 TMA_DQ=tma_dq),
+            prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
+        )
     if deterministic:
 
         def dq_args(t: BlockConfig) -> tuple:

@@ -242,3 +242,145 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
             [4, 4, 1],
             [160, 160, 24],
         )
+
+
+# ---- backward: dK and dV, warp-specialised ----------------------------------------------------------------------------
+
+#: (head dim, (BLOCK_M, BLOCK_N, STAGES)) of the deterministic dK/dV kernel below: BLOCK_N keys per program (64 per
+#: computing warpgroup, two warpgroups), BLOCK_M query rows per step.
+WS_BWD_TILES = {128: (64, 128, 2)}
+
+
+@gluon.jit
+def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
+                        free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M: gl.constexpr,
+                        STAGES: gl.constexpr):
+    WG_N: gl.constexpr = k_desc.block_type.shape[2]
+    mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
+    for w in gl.static_range(2):
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0 + w * WG_N, 0], kv_bar, k_smem.index(w))
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0 + w * WG_N, 0], kv_bar, v_smem.index(w))
+    for it in range(GROUP * n_m_tiles):
+        s = it % STAGES
+        mbarrier.wait(free_bars.index(s), ((it // STAGES) & 1) ^ 1)
+        off_h = off_hk * GROUP + it // n_m_tiles
+        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        mbarrier.expect(q_bars.index(s), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, start_m, 0], q_bars.index(s), q_smem.index(s))
+        mbarrier.expect(do_bars.index(s), do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, start_m, 0], do_bars.index(s), do_smem.index(s))
+
+
+@gluon.jit
+def _bwd_compute_partition(dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
+                           free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale,
+                           stride_lz, stride_lh, BLOCK_M: gl.constexpr, WG_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
+    """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
+    of its key head)."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+
+    keys = n0 + WG * WG_N + gl.arange(0, WG_N, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    diag = N_K - N_Q
+    dk = gl.zeros([WG_N, HEAD_DIM], gl.float32, layout=o_layout)
+    dv = gl.zeros([WG_N, HEAD_DIM], gl.float32, layout=o_layout)
+    s_init = gl.zeros([WG_N, BLOCK_M], gl.float32, layout=s_layout)
+    k = k_smem.index(WG).reshape([WG_N, HEAD_DIM])
+    v = v_smem.index(WG).reshape([WG_N, HEAD_DIM])
+
+    mbarrier.wait(kv_bar, 0)
+    for it in range(GROUP * n_m_tiles):
+        st = it % STAGES
+        phase = (it // STAGES) & 1
+        off_h = off_hk * GROUP + it // n_m_tiles
+        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        mbarrier.wait(q_bars.index(st), phase)
+        s_t = warpgroup_mma(k, q.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        mbarrier.wait(do_bars.index(st), phase)
+        dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        # The query rows' LSE and delta, while the two MMAs run; rows past the sequence get P = 0.
+        rows = start_m + cols
+        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+        lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
+        delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
+        s_t = warpgroup_mma_wait(1, deps=(s_t,))
+        p_t = gl.exp2(s_t * qk_scale - lse[None, :])
+        if CAUSAL:
+            if start_m + diag < n0 + 2 * WG_N - 1:  # some key of this program lies past some row's diagonal
+                p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do, dv, is_async=True)
+        dp_t = warpgroup_mma_wait(1, deps=(dp_t,))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = warpgroup_mma(gl.convert_layout(ds_t.to(dtype), a_layout), q, dk, is_async=True)
+        dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
+        mbarrier.arrive(free_bars.index(st))
+
+    # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped).
+    k.store((dk * sm_scale).to(dtype))
+    v.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0 + WG * WG_N, 0], k_smem.index(WG))
+    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0 + WG * WG_N, 0], v_smem.index(WG))
+    tma.store_wait(0)
+
+
+@gluon.jit
+def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
+                            stride_lz, stride_lh, H_KV, GROUP, N_Q, N_K,
+                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                            STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """dK and dV of dense attention, deterministic (no atomics: each program owns BLOCK_N keys of one key head).
+    Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
+    ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
+    like LSE."""
+    WG_N: gl.constexpr = BLOCK_N // 2
+    n0 = gl.program_id(0) * BLOCK_N
+    off_zh = gl.program_id(1)
+    off_z = off_zh // H_KV
+    off_hk = off_zh % H_KV
+    if CAUSAL:
+        # Query row i sees key j iff j <= i + N_K - N_Q: rows before this program's first key minus diag see none.
+        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
+    else:
+        m_lo = 0
+    n_m_tiles = gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(do_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+
+    qk_scale = sm_scale * LOG2E
+    gl.warp_specialize(
+        [
+            (_bwd_compute_partition, (dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
+                                      do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
+                                      qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES,
+                                      CAUSAL, 0)),
+            (_bwd_compute_partition, (dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
+                                      do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
+                                      qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES,
+                                      CAUSAL, 1)),
+            (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
+                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+        ],
+        [4, 1],
+        [240, 24],
+    )
