@@ -129,7 +129,9 @@ class KernelsConfig:
         warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16) at the head dims
             and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d128; d64 from 4k keys) in the warp-specialised
             Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead of the Triton
-            forward.
+            forward, and their backward's dK/dV at ``hopper.WS_BWD`` (d128; d64 causal) in a warp-specialised kernel
+            without atomics. Both backward modes take it there, with the dQ kernel: faster on the H100 than the
+            sequence-parallel kernels' atomic dQ, and deterministic.
 
     Example::
 

@@ -491,9 +491,9 @@ def _replace_headdim(value: int) -> KernelsConfig:
 # ---- the warp-specialised Hopper forward (Gluon), cross-compiled for sm_90 --------------------------------------------
 
 try:
-    from fa2dist.ops.kernels.hopper import WS_BWD_TILES, WS_TILES
+    from fa2dist.ops.kernels.hopper import WS_BWD, WS_TILES
 except ImportError:  # a Triton without Gluon (fa2dist then runs the Triton kernels only)
-    WS_TILES, WS_BWD_TILES = (), {}
+    WS_TILES, WS_BWD = (), ()
 
 
 def _ptxas_spill_bytes(ptx: str) -> int:
@@ -568,7 +568,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     """Dense fp16/bf16 attention at d128 (d64 from 4k keys) on sm_90; everything else runs the Triton forward."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_tiles
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_tiles
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -580,6 +580,9 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 4096, dense) and not attention._warp_specialized(q, 64, 4095, dense)
     assert ws_tiles(64, 4096) == (128, 128, 3) and ws_tiles(64, 8192) == (192, 64, 4) and ws_tiles(64, 100) is None
+    # The dK/dV kernel: d128, and d64 causal only.
+    assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
+    assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, True) is None
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
     for head_dim in (32, 96, 256):
@@ -604,11 +607,14 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
 
 
 @needs_compiler
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("head_dim", sorted(WS_BWD_TILES))
-def test_warp_specialized_backward_fits_hopper(head_dim, causal):
+@pytest.mark.parametrize(
+    "row", [(d, causal, tiles) for d, causal_only, tiles in WS_BWD for causal in (True, False)[:2 - causal_only]],
+    ids=lambda row: "d{}-{}".format(row[0], "causal" if row[1] else "full"),
+)
+def test_warp_specialized_backward_fits_hopper(row):
     """The Gluon dK/dV kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with
-    the register split it asks for (24 for the loading warp, 240 for each computing warpgroup)."""
+    the register split it asks for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
+    register spills."""
     import re
 
     from triton.experimental.gluon import language as gl
@@ -618,7 +624,7 @@ def test_warp_specialized_backward_fits_hopper(head_dim, causal):
 
     from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_ws_kernel
 
-    block_m, block_n, stages = WS_BWD_TILES[head_dim]
+    head_dim, causal, (block_m, block_n, stages) = row
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
 
     def desc(rows):
@@ -641,3 +647,5 @@ def test_warp_specialized_backward_fits_hopper(head_dim, causal):
     ptx = compiled.asm["ptx"]
     assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
     assert re.search(r"wgmma\.mma_async", ptx)
+    # Measured with these spills (d128 causal: 168 bytes); a change that spills much more needs re-timing.
+    assert _ptxas_spill_bytes(ptx) <= 256

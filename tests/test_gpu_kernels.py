@@ -141,15 +141,19 @@ WS_BWD_SHAPES = [
     (1, 2, 2, 300, 64, 128),  # causal: the first 236 rows see no key
     (1, 2, 1, 129, 1031, 128),
     (1, 4, 4, 2048, 2048, 128),
+    (2, 4, 2, 555, 555, 64),  # d64: causal only
+    (1, 2, 2, 1031, 129, 64),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_warp_specialized_backward(causal, dtype, monkeypatch):
-    """The Gluon dK/dV kernel on sm_90: taken by the deterministic mode (counted), not by the sequence-parallel one;
-    gradients within 3x PyTorch's own error against float64; bitwise equal across runs."""
+    """The Gluon dK/dV kernel on sm_90: taken by both modes where ``ws_bwd_tiles`` has tiles (counted; the
+    sequence-parallel mode then runs the atomic-free kernels), not elsewhere; gradients within 3x PyTorch's own error
+    against float64; both modes bitwise equal across runs there."""
     from fa2dist.ops import attention
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised backward runs on sm_90")
@@ -158,22 +162,30 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
     monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", lambda *a: calls.append(a[-1]) or launch(*a))
     for i, shape in enumerate(WS_BWD_SHAPES):
         layout = ("bshd", "bhsd")[i % 2]
-        n_calls = len(calls)
-        _run(shape, causal, dtype, layout, True)
-        assert len(calls) == n_calls + 1, f"{shape}: the warp-specialised backward was not taken"
+        taken = ws_bwd_tiles(shape[-1], causal) is not None
+        for deterministic in (True, False):
+            n_calls = len(calls)
+            _run(shape, causal, dtype, layout, deterministic)
+            assert len(calls) == n_calls + taken, f"{shape}, deterministic={deterministic}: taken {not taken}"
+    # Other features and head dims keep the Triton kernels.
     n_calls = len(calls)
-    _run(WS_BWD_SHAPES[0], causal, dtype, "bshd", False)
+    _run((1, 4, 4, 300, 300, 96), causal, dtype, "bshd", True)
+    q, k, v = make_qkv(1, 4, 4, 300, 300, 128, dtype, "cuda", "bshd", seed=3)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    fa2dist.flash_attention(q, k, v, causal=causal, window_size=(64, 0 if causal else 64)).sum().backward()
     assert len(calls) == n_calls
     q, k, v = make_qkv(2, 8, 2, 1500, 1500, 128, dtype, "cuda", "bshd", seed=5)
     do = torch.randn_like(q)
-    first = None
-    for _ in range(3):
-        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        grads = torch.autograd.grad(fa2dist.flash_attention(*leaves, causal=causal, deterministic=True), leaves, do)
-        if first is None:
-            first = grads
-        for a, b in zip(first, grads):
-            assert torch.equal(a, b)
+    for deterministic in (True, False):
+        first = None
+        for _ in range(3):
+            leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+            out = fa2dist.flash_attention(*leaves, causal=causal, deterministic=deterministic)
+            grads = torch.autograd.grad(out, leaves, do)
+            if first is None:
+                first = grads
+            for a, b in zip(first, grads):
+                assert torch.equal(a, b)
 
 
 def test_warp_specialized_forward_falls_back_when_it_does_not_compile(monkeypatch):

@@ -22,10 +22,9 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from fa2dist.ops.kernels.hopper import WS_BWD_TILES, attn_bwd_dkdv_ws_kernel, attn_fwd_ws_kernel, ws_tiles
+    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_ws_kernel, attn_fwd_ws_kernel, ws_bwd_tiles, ws_tiles
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
     attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = None
-    WS_BWD_TILES = {}
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -401,8 +400,8 @@ def _ws_descriptors(layout: str, head_dim: int, *specs) -> list:
 
 def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q, seqlen_k,
                       head_dim) -> None:
-    """Launch the warp-specialised deterministic dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv."""
-    block_m, block_n, stages = WS_BWD_TILES[head_dim]
+    """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv."""
+    block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
     # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
     descs = _ws_descriptors(layout, head_dim, (q, block_m), (k, block_n // 2), (v, block_n // 2), (do, block_m),
                             (dk, block_n // 2), (dv, block_n // 2))
@@ -470,7 +469,6 @@ def attn_bwd(
     block_d = fit.block_d_for(head_dim)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     precision = _precision(q.dtype)
-    bcfg = config.backward_for(head_dim, deterministic)
 
     # delta = rowsum(O * dO) is laid out like the LSE; packed sequences are one long sequence to it.
     delta = torch.empty_like(lse)
@@ -480,6 +478,23 @@ def attn_bwd(
         out, do, delta, *_strides(out, layout), *_strides(do, layout), nheads, pre_len,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
+    tma = config.tma and _tma_ready(layout, q, k, v, do)
+    # The warp-specialised dK/dV kernel (sm_90) has no atomics. Where it runs, both modes take it, then the dQ
+    # kernel: on the H100 that beats the sequence-parallel kernels' atomic dQ at every shape it covers
+    # (benchmarks/results/h100-2026-11-26-wsbwd), so the sequence-parallel mode is deterministic there too.
+    ws = (
+        tma and config.warp_specialize and ws_bwd_tiles(head_dim, feats.window_right == 0) is not None
+        and _dense_on_sm90(q, feats) and _tma_ready(layout, dk, dv)
+    )
+    if ws:
+        try:
+            _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
+                              seqlen_k, head_dim)
+            deterministic = True
+        except _GLUON_ERRORS as err:
+            _gluon_failed("backward", err)
+            ws = False
+    bcfg = config.backward_for(head_dim, deterministic)
     if deterministic:
         dq = new(q)
         dq_acc = dq  # unused by the dK/dV kernel when ATOMIC_DQ is False
@@ -492,7 +507,6 @@ def attn_bwd(
             dq_acc = torch.zeros((batch, nheads, seqlen_q, head_dim), device=q.device, dtype=torch.float32)
             dq_strides = (dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2))
 
-    tma = config.tma and _tma_ready(layout, q, k, v, do)
     # Reductions through descriptors: not in Triton's interpreter (it has no descriptor reduce).
     tma_dq = tma and not deterministic and not INTERPRET
     key = (q.device, q.dtype, head_dim, feats.flags(), deterministic, tma)
@@ -518,17 +532,6 @@ def attn_bwd(
             nheads_kv, group, seqlen_q, seqlen_k, *windows,
         )
 
-    ws = (
-        deterministic and tma and config.warp_specialize and head_dim in WS_BWD_TILES and _dense_on_sm90(q, feats)
-        and _tma_ready(layout, dk, dv)
-    )
-    if ws:
-        try:
-            _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
-                              seqlen_k, head_dim)
-        except _GLUON_ERRORS as err:
-            _gluon_failed("backward", err)
-            ws = False
     if not ws:
         _launch(
             _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), batch * nheads_kv),
