@@ -41,9 +41,15 @@ def flops(batch, nheads, seqlen, head_dim, causal, mode):
 
 
 # fa2dist providers: "fa2dist-{det,sp}" plus a suffix that changes the device's config. "-ptr": the pointer-load
-# forward instead of tensor descriptors (an A/B of TMA); "-triton": the Triton forward instead of the
-# warp-specialised one (sm_90), tensor descriptors kept.
-FA2DIST_VARIANTS = {"": {}, "-ptr": dict(tma=False, warp_specialize=False), "-triton": dict(warp_specialize=False)}
+# forward instead of tensor descriptors (an A/B of TMA); "-triton": the Triton kernels instead of the
+# warp-specialised ones (sm_90), tensor descriptors kept; "-atomic": that, with the sequence-parallel mode's atomic dQ
+# (which the Hopper config turns off).
+FA2DIST_VARIANTS = {
+    "": {},
+    "-ptr": dict(tma=False, warp_specialize=False),
+    "-triton": dict(warp_specialize=False),
+    "-atomic": dict(warp_specialize=False, atomic_dq=True),
+}
 
 
 def make_provider(name, causal):

@@ -132,6 +132,10 @@ class KernelsConfig:
             forward, and their backward's dK/dV at ``hopper.WS_BWD`` (d128; d64 causal) in a warp-specialised kernel
             without atomics. Both backward modes take it there, with the dQ kernel: faster on the H100 than the
             sequence-parallel kernels' atomic dQ, and deterministic.
+        atomic_dq: the sequence-parallel backward adds dQ with atomics from its dK/dV kernel. False: that mode runs
+            the deterministic kernels instead (a dK/dV kernel, then a dQ kernel; no atomics). The Hopper config
+            sets False: on the H100 the atomic dQ was at most 1% faster at any measured shape, and 2-39% slower at
+            most of them (BENCHMARKS.md).
 
     Example::
 
@@ -155,9 +159,10 @@ class KernelsConfig:
     capability: tuple[int, int] | None = field(default=None, compare=False)
     tma: bool = False
     warp_specialize: bool = False
+    atomic_dq: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("tma", "warp_specialize"):
+        for name in ("tma", "warp_specialize", "atomic_dq"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`KernelsConfig({name}={getattr(self, name)!r})` must be True or False.")
         if self.warp_specialize and not self.tma:
@@ -308,6 +313,7 @@ _HOPPER = KernelsConfig(
     "H200 2026-11-26",
     tma=True,
     warp_specialize=True,
+    atomic_dq=False,
 )
 _BLACKWELL = replace(
     _HOPPER,
@@ -317,6 +323,7 @@ _BLACKWELL = replace(
     source="Hopper's tiles; fits sm_100 (cross-compiled, Triton 3.6.0)",
     tma=False,
     warp_specialize=False,
+    atomic_dq=True,
 )
 _BLACKWELL_CONSUMER = replace(
     _ADA, family="blackwell_consumer", source="Ada's tiles; fits sm_120's 99 KB (cross-compiled, Triton 3.6.0)"

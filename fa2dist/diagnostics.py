@@ -132,6 +132,7 @@ def _gpu_info(index: int, head_dims: Sequence[int]) -> dict:
         max_headdim=config.max_headdim,
         tma=config.tma,
         warp_specialize=config.warp_specialize,
+        atomic_dq=config.atomic_dq,
         warnings=[str(w.message) for w in caught],
         tiles=_config_tiles(config, head_dims),
     )
@@ -182,7 +183,9 @@ def format_info(info: dict) -> str:
             continue
         loads = "tensor descriptors (TMA) where aligned" if gpu["tma"] else "pointer loads"
         if gpu.get("warp_specialize"):
-            loads += "; warp-specialised forward (Gluon) where it applies"
+            loads += "; warp-specialised forward and dK/dV (Gluon) where they apply"
+        if not gpu.get("atomic_dq", True):
+            loads += "; sequence-parallel backward without atomics"
         lines.append(
             f"    config: {gpu['family']} (max head dim {gpu['max_headdim']}; {loads}; {gpu['config_source']})"
         )

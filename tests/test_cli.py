@@ -193,13 +193,17 @@ def test_info_text_names_each_gpus_config_and_load_path():
             index=index, name=name, capability=f"{capability[0]}.{capability[1]}", sm_count=132,
             shared_memory_per_block=config.shared_memory_bytes or 232448, total_memory=80 * 2**30, supported=True,
             family=config.family, config_source=config.source, max_headdim=config.max_headdim, tma=config.tma,
-            warp_specialize=config.warp_specialize, warnings=[], tiles=diagnostics._config_tiles(config, (64, 128)),
+            warp_specialize=config.warp_specialize, atomic_dq=config.atomic_dq, warnings=[],
+            tiles=diagnostics._config_tiles(config, (64, 128)),
         )
 
     info = diagnostics.collect_info()
     info["gpus"] = [gpu(0, "NVIDIA H100 80GB HBM3", (9, 0), "hopper"), gpu(1, "Tesla T4", (7, 5), "turing")]
     text = diagnostics.format_info(info)
     assert "GPUs: 2" in text
-    assert "config: hopper (max head dim 256; tensor descriptors (TMA) where aligned; warp-specialised forward" in text
+    assert (
+        "config: hopper (max head dim 256; tensor descriptors (TMA) where aligned; warp-specialised forward and dK/dV"
+        " (Gluon) where they apply; sequence-parallel backward without atomics;"
+    ) in text
     assert "config: turing (max head dim 256; pointer loads;" in text
     assert "     128  128x128 w8 s3" in text

@@ -601,6 +601,10 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         monkeypatch.setattr(attention, "_capability", lambda device, c=capability: c)
         assert not attention._warp_specialized(q, 128, 8192, dense)
     assert configs.DEFAULT_CONFIGS[(9, 0)].warp_specialize
+    assert not configs.DEFAULT_CONFIGS[(9, 0)].atomic_dq
+    assert all(c.atomic_dq for cap, c in configs.DEFAULT_CONFIGS.items() if cap != (9, 0))
+    with pytest.raises(TypeError, match="atomic_dq"):
+        dataclasses.replace(configs.DEFAULT_CONFIGS[(9, 0)], atomic_dq=1)
     assert not any(c.warp_specialize for cap, c in configs.DEFAULT_CONFIGS.items() if cap != (9, 0))
     with pytest.raises(ValueError, match="needs `tma=True`"):
         dataclasses.replace(configs.DEFAULT_CONFIGS[(9, 0)], tma=False)

@@ -479,9 +479,9 @@ def attn_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
     tma = config.tma and _tma_ready(layout, q, k, v, do)
-    # The warp-specialised dK/dV kernel (sm_90) has no atomics. Where it runs, both modes take it, then the dQ
-    # kernel: on the H100 that beats the sequence-parallel kernels' atomic dQ at every shape it covers
-    # (benchmarks/results/h100-2026-11-26-wsbwd), so the sequence-parallel mode is deterministic there too.
+    # Where atomics do not pay (`KernelsConfig.atomic_dq=False`: the H100), the sequence-parallel mode runs the
+    # deterministic kernels. So does it where the warp-specialised dK/dV kernel (sm_90) runs: it has no atomics.
+    deterministic = deterministic or not config.atomic_dq
     ws = (
         tma and config.warp_specialize and ws_bwd_tiles(head_dim, feats.window_right == 0) is not None
         and _dense_on_sm90(q, feats) and _tma_ready(layout, dk, dv)

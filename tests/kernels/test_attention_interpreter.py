@@ -69,7 +69,7 @@ def tma_config(monkeypatch):
         return TensorDescriptor(*args, **kwargs)
 
     monkeypatch.setattr(attention, "TensorDescriptor", spy)
-    return replace(config_for_capability((9, 0)), tma=True), built
+    return replace(config_for_capability((9, 0)), tma=True, atomic_dq=True), built
 
 
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])
@@ -144,6 +144,23 @@ def test_deterministic_backward_is_bitwise_repeatable(causal):
     for later in results[1:]:
         for a, b in zip(results[0], later):
             assert torch.equal(a, b)
+
+
+def test_sequence_parallel_mode_without_atomics_runs_the_deterministic_kernels():
+    """``KernelsConfig(atomic_dq=False)`` (the Hopper config): the sequence-parallel mode gives the deterministic
+    mode's gradients, bit for bit."""
+    config = replace(config_for_capability((9, 0)), tma=False, warp_specialize=False)
+    assert not config.atomic_dq
+    q, k, v = make_qkv(1, 4, 2, 97, 130, 64, torch.float16, "cpu", "bshd", seed=7)
+    do = torch.randn(1, 97, 4, 64, generator=torch.Generator().manual_seed(8)).half()
+    grads = {}
+    for det, cfg in ((True, config), (False, config), (False, replace(config, atomic_dq=True))):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fa2dist.flash_attention(*leaves, causal=True, deterministic=det, config=cfg)
+        grads[det, cfg.atomic_dq] = torch.autograd.grad(out, leaves, do)
+    for a, b, c in zip(grads[True, False], grads[False, False], grads[False, True]):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a.float(), c.float(), atol=2e-3, rtol=2e-3)
 
 
 def test_modes_agree_and_strided_inputs_need_no_copy():
