@@ -134,8 +134,8 @@ class KernelsConfig:
             sequence-parallel kernels' atomic dQ, and deterministic.
         atomic_dq: the sequence-parallel backward adds dQ with atomics from its dK/dV kernel. False: that mode runs
             the deterministic kernels instead (a dK/dV kernel, then a dQ kernel; no atomics). The Hopper config
-            sets False: on the H100 the atomic dQ was at most 1% faster at any measured shape, and 2-39% slower at
-            most of them (BENCHMARKS.md).
+            sets False: on the H100 the atomic dQ was at most 3% faster at any measured shape, and up to 39% slower
+            (BENCHMARKS.md).
 
     Example::
 

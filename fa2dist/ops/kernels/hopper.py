@@ -249,8 +249,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
 #: (head dim, causal only, (BLOCK_M, BLOCK_N, STAGES)): the calls the dK/dV kernel below runs, and its tiles:
 #: BLOCK_N keys per program (64 per computing warpgroup, two warpgroups), BLOCK_M query rows per step. Timed on an
 #: H100 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-wsbwd), the whole deterministic backward
-#: against the Triton dK/dV kernel: d128 +3-14% at 1k-16k (2 stages; 3 stages and keeping each step's dK/dV
-#: products in flight across steps were 0-12% slower); d64 +3-9% causal but -7% to +4% without a mask, so d64
+#: against the Triton dK/dV kernel: d128 +5-17% at 1k-16k over two runs (2 stages; 3 stages and keeping each step's
+#: dK/dV products in flight across steps were 0-12% slower); d64 +3-9% causal but -7% to +5% without a mask, so d64
 #: full attention keeps the Triton kernel.
 WS_BWD = (
     (64, True, (64, 128, 2)),
