@@ -568,7 +568,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     """Dense fp16/bf16 attention at d128 (d64 from 4k keys) on sm_90; everything else runs the Triton forward."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_tiles
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_tiles
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -583,6 +583,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     # The dK/dV kernel: d128, and d64 causal only.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
     assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, True) is None
+    assert ws_fused_dq(64, 4096) and not ws_fused_dq(64, 4095) and not ws_fused_dq(128, 16384)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
     for head_dim in (32, 96, 256):
@@ -615,10 +616,11 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     "row", [(d, causal, tiles) for d, causal_only, tiles in WS_BWD for causal in (True, False)[:2 - causal_only]],
     ids=lambda row: "d{}-{}".format(row[0], "causal" if row[1] else "full"),
 )
-def test_warp_specialized_backward_fits_hopper(row):
+@pytest.mark.parametrize("atomic_dq", [False, True], ids=["det", "seqpar"])
+def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     """The Gluon dK/dV kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with
     the register split it asks for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
-    register spills."""
+    register spills; the sequence-parallel form adds dQ through the copy engine (a bulk reduction)."""
     import re
 
     from triton.experimental.gluon import language as gl
@@ -631,13 +633,16 @@ def test_warp_specialized_backward_fits_hopper(row):
     head_dim, causal, (block_m, block_n, stages) = row
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
 
-    def desc(rows):
+    def desc(rows, t=x, dtype=gl.bfloat16):
         block = [1, 1, rows, head_dim]
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
+        layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
+        return mangle_type(TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout))
 
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
-    types = dict(q_desc=desc(block_m), do_desc=desc(block_m), LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+                      ATOMIC_DQ=atomic_dq)
+    dq_desc = desc(block_m, x.float(), gl.float32) if atomic_dq else desc(block_n // 2)
+    types = dict(q_desc=desc(block_m), do_desc=desc(block_m), dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32",
+                 sm_scale="fp32",
                  **{name: desc(block_n // 2) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
     signature = {
         name: "constexpr" if name in constexprs else types.get(name, "i32")
@@ -653,3 +658,4 @@ def test_warp_specialized_backward_fits_hopper(row):
     assert re.search(r"wgmma\.mma_async", ptx)
     # Measured with these spills (d128 causal: 168 bytes); a change that spills much more needs re-timing.
     assert _ptxas_spill_bytes(ptx) <= 256
+    assert ("cp.reduce.async.bulk.tensor" in ptx) == atomic_dq

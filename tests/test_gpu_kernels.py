@@ -143,6 +143,8 @@ WS_BWD_SHAPES = [
     (1, 4, 4, 2048, 2048, 128),
     (2, 4, 2, 555, 555, 64),  # d64: causal only
     (1, 2, 2, 1031, 129, 64),
+    (1, 4, 2, 4100, 4100, 64),  # the sequence-parallel mode adds dQ from the kernel (from 4k keys)
+    (1, 2, 2, 300, 4096, 64),
 ]
 
 
@@ -150,23 +152,25 @@ WS_BWD_SHAPES = [
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_warp_specialized_backward(causal, dtype, monkeypatch):
     """The Gluon dK/dV kernel on sm_90: taken by both modes where ``ws_bwd_tiles`` has tiles (counted; the
-    sequence-parallel mode then runs the atomic-free kernels), not elsewhere; gradients within 3x PyTorch's own error
-    against float64; both modes bitwise equal across runs there."""
+    sequence-parallel mode adds dQ from it), not elsewhere; gradients within 3x PyTorch's own error against float64;
+    the deterministic mode bitwise equal across runs."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised backward runs on sm_90")
     calls = []
     launch = attention._attn_bwd_dkdv_ws
-    monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", lambda *a: calls.append(a[-1]) or launch(*a))
+    # The call's dq_acc argument: an fp32 buffer where the kernel adds dQ (the sequence-parallel mode).
+    monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", lambda *a: calls.append(a[6] is not None) or launch(*a))
     for i, shape in enumerate(WS_BWD_SHAPES):
         layout = ("bshd", "bhsd")[i % 2]
         taken = ws_bwd_tiles(shape[-1], causal) is not None
         for deterministic in (True, False):
             n_calls = len(calls)
             _run(shape, causal, dtype, layout, deterministic)
-            assert len(calls) == n_calls + taken, f"{shape}, deterministic={deterministic}: taken {not taken}"
+            fused = not deterministic and ws_fused_dq(shape[-1], shape[4])
+            assert calls[n_calls:] == [fused] * taken, f"{shape}, deterministic={deterministic}"
     # Other features and head dims keep the Triton kernels.
     n_calls = len(calls)
     _run((1, 4, 4, 300, 300, 96), causal, dtype, "bshd", True)
@@ -176,16 +180,14 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
     assert len(calls) == n_calls
     q, k, v = make_qkv(2, 8, 2, 1500, 1500, 128, dtype, "cuda", "bshd", seed=5)
     do = torch.randn_like(q)
-    for deterministic in (True, False):
-        first = None
-        for _ in range(3):
-            leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-            out = fa2dist.flash_attention(*leaves, causal=causal, deterministic=deterministic)
-            grads = torch.autograd.grad(out, leaves, do)
-            if first is None:
-                first = grads
-            for a, b in zip(first, grads):
-                assert torch.equal(a, b)
+    first = None
+    for _ in range(3):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        grads = torch.autograd.grad(fa2dist.flash_attention(*leaves, causal=causal, deterministic=True), leaves, do)
+        if first is None:
+            first = grads
+        for a, b in zip(first, grads):
+            assert torch.equal(a, b)
 
 
 def test_warp_specialized_forward_falls_back_when_it_does_not_compile(monkeypatch):

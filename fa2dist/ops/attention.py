@@ -22,7 +22,13 @@ try:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
-    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_ws_kernel, attn_fwd_ws_kernel, ws_bwd_tiles, ws_tiles
+    from fa2dist.ops.kernels.hopper import (
+        attn_bwd_dkdv_ws_kernel,
+        attn_fwd_ws_kernel,
+        ws_bwd_tiles,
+        ws_fused_dq,
+        ws_tiles,
+    )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
     attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = None
 
@@ -374,7 +380,7 @@ def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
 
 @functools.cache
 def _ws_layout(rows: int, head_dim: int, dtype: torch.dtype):
-    gl_dtype = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+    gl_dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl_dtype)
 
 
@@ -398,17 +404,22 @@ def _ws_descriptors(layout: str, head_dim: int, *specs) -> list:
     ]
 
 
-def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q, seqlen_k,
-                      head_dim) -> None:
-    """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv."""
+def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
+                      seqlen_k, head_dim) -> None:
+    """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv, and with an fp32
+    ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it."""
     block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
     # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
     descs = _ws_descriptors(layout, head_dim, (q, block_m), (k, block_n // 2), (v, block_n // 2), (do, block_m),
                             (dk, block_n // 2), (dv, block_n // 2))
+    if dq_acc is None:
+        descs.append(descs[-1])  # unused
+    else:
+        descs += _ws_descriptors("bhsd", head_dim, (dq_acc, block_m))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        num_warps=4,
+        ATOMIC_DQ=dq_acc is not None, num_warps=4,
     )
 
 
@@ -479,21 +490,26 @@ def attn_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
     tma = config.tma and _tma_ready(layout, q, k, v, do)
-    # Where atomics do not pay (`KernelsConfig.atomic_dq=False`: the H100), the sequence-parallel mode runs the
-    # deterministic kernels. So does it where the warp-specialised dK/dV kernel (sm_90) runs: it has no atomics.
-    deterministic = deterministic or not config.atomic_dq
     ws = (
         tma and config.warp_specialize and ws_bwd_tiles(head_dim, feats.window_right == 0) is not None
         and _dense_on_sm90(q, feats) and _tma_ready(layout, dk, dv)
     )
     if ws:
+        # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
+        fused = not deterministic and ws_fused_dq(head_dim, seqlen_k)
+        dq_acc = q.new_zeros((batch, nheads, seqlen_q, head_dim), dtype=torch.float32) if fused else None
         try:
-            _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
-                              seqlen_k, head_dim)
+            _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group,
+                              seqlen_q, seqlen_k, head_dim)
+            if dq_acc is not None:
+                return _from_dq_acc(dq_acc, q, layout), dk, dv
             deterministic = True
         except _GLUON_ERRORS as err:
             _gluon_failed("backward", err)
             ws = False
+    # Where atomics do not pay (`KernelsConfig.atomic_dq=False`: the H100), the sequence-parallel mode runs the
+    # deterministic kernels (so it does after the warp-specialised dK/dV kernel without ATOMIC_DQ).
+    deterministic = deterministic or not config.atomic_dq
     bcfg = config.backward_for(head_dim, deterministic)
     if deterministic:
         dq = new(q)
@@ -557,11 +573,17 @@ def attn_bwd(
             prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )
     else:
-        if layout == "bshd":
-            dq_acc = dq_acc.transpose(1, 2)
-        dq = torch.empty_like(q)
-        dq.copy_(dq_acc)
+        dq = _from_dq_acc(dq_acc, q, layout)
     return dq, dk, dv
+
+
+def _from_dq_acc(dq_acc: torch.Tensor, q: torch.Tensor, layout: str) -> torch.Tensor:
+    """dQ in q's dtype, shape and strides from the fp32 accumulator ((batch, heads, seqlen, d), or q's shape)."""
+    if layout == "bshd":
+        dq_acc = dq_acc.transpose(1, 2)
+    dq = torch.empty_like(q)
+    dq.copy_(dq_acc)
+    return dq
 
 
 def _optional(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -17,8 +17,10 @@ portable kernel in ``forward.py``. Gluon has no interpreter: this kernel runs on
 cross-compile it.
 """
 
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
@@ -49,6 +51,14 @@ def ws_tiles(head_dim: int, seqlen_k: int) -> tuple[int, int, int] | None:
         if dim == head_dim and seqlen_k >= shortest:
             tiles = row
     return tiles
+
+
+@builtin
+def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """The copy engine adds the shared-memory tile ``src`` into the global tile at ``coord`` (``cp.reduce.async.bulk``,
+    one bulk group: ``tma.store_wait`` waits for it). Gluon 3.6 builds this operation but has no function for it."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 
 
 LOG2E = gl.constexpr(1.4426950408889634)
@@ -258,6 +268,18 @@ WS_BWD = (
 )
 
 
+#: (head dim, shortest seqlen_k): where the sequence-parallel mode adds dQ from this kernel (the copy engine's bulk
+#: add, ``ATOMIC_DQ``) instead of running the dQ kernel after it. Timed on an H100 (bf16, 16k tokens, 2026-11-26;
+#: benchmarks/results/h100-2026-11-26-wsbwd/fused_dq): d64 causal +4% (4k) and +11% (16k) on the backward, -6% at 1k;
+#: d128 10-30% slower (each warpgroup adds a 64x128 fp32 tile per step: more traffic than the dQ pass costs).
+WS_FUSED_DQ = ((64, 4096),)
+
+
+def ws_fused_dq(head_dim: int, seqlen_k: int) -> bool:
+    """Whether the sequence-parallel mode adds dQ from the dK/dV kernel for this call."""
+    return any(head_dim == dim and seqlen_k >= shortest for dim, shortest in WS_FUSED_DQ)
+
+
 def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
     """The dK/dV kernel's tiles for this call, or None where the backward runs the Triton kernels."""
     for dim, causal_only, tiles in WS_BWD:
@@ -287,12 +309,14 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
-def _bwd_compute_partition(dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
-                           free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale,
-                           stride_lz, stride_lh, BLOCK_M: gl.constexpr, WG_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                           STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
+def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, dq_smem, kv_bar,
+                           q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale,
+                           sm_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, WG_N: gl.constexpr,
+                           HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                           ATOMIC_DQ: gl.constexpr, WG: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
-    of its key head)."""
+    of its key head); with ATOMIC_DQ also each tile's share of dQ, scale * dS K, which the copy engine adds into the
+    fp32 dQ."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -308,6 +332,9 @@ def _bwd_compute_partition(dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem,
     s_init = gl.zeros([WG_N, BLOCK_M], gl.float32, layout=s_layout)
     k = k_smem.index(WG).reshape([WG_N, HEAD_DIM])
     v = v_smem.index(WG).reshape([WG_N, HEAD_DIM])
+    if ATOMIC_DQ:
+        dq_init = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+        dq_buf = dq_smem.index(WG)
 
     mbarrier.wait(kv_bar, 0)
     for it in range(GROUP * n_m_tiles):
@@ -333,10 +360,20 @@ def _bwd_compute_partition(dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem,
                 p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do, dv, is_async=True)
         dp_t = warpgroup_mma_wait(1, deps=(dp_t,))
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = warpgroup_mma(gl.convert_layout(ds_t.to(dtype), a_layout), q, dk, is_async=True)
-        dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
-        mbarrier.arrive(free_bars.index(st))
+        ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
+        dk = warpgroup_mma(gl.convert_layout(ds_t, a_layout), q, dk, is_async=True)
+        if ATOMIC_DQ:
+            dq = warpgroup_mma(gl.convert_layout(gl.permute(ds_t, (1, 0)), a_layout), k, dq_init, use_acc=False,
+                               is_async=True)
+            dk, dv, dq = warpgroup_mma_wait(0, deps=(dk, dv, dq))
+            mbarrier.arrive(free_bars.index(st))
+            tma.store_wait(0)  # the last step's dQ has left the buffer
+            dq_buf.reshape([BLOCK_M, HEAD_DIM]).store(dq * sm_scale)
+            fence_async_shared()
+            _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_buf)
+        else:
+            dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
+            mbarrier.arrive(free_bars.index(st))
 
     # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped).
     k.store((dk * sm_scale).to(dtype))
@@ -348,11 +385,13 @@ def _bwd_compute_partition(dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
-def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
+def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, LSE, DELTA, sm_scale,
                             stride_lz, stride_lh, H_KV, GROUP, N_Q, N_K,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                            STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-    """dK and dV of dense attention, deterministic (no atomics: each program owns BLOCK_N keys of one key head).
+                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr):
+    """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
+    sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), BLOCK_M-row
+    blocks, zeroed by the caller) by the copy engine; without it ``dq_desc`` is unused.
     Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
     ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
     like LSE."""
@@ -376,6 +415,10 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, L
     q_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     do_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    if ATOMIC_DQ:  # one fp32 staging buffer per computing warpgroup
+        dq_smem = gl.allocate_shared_memory(dq_desc.dtype, [2] + dq_desc.block_type.shape, dq_desc.layout)
+    else:
+        dq_smem = q_smem
     mbarrier.init(kv_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_bars.index(i), count=1)
@@ -385,14 +428,14 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, L
     qk_scale = sm_scale * LOG2E
     gl.warp_specialize(
         [
-            (_bwd_compute_partition, (dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
-                                      do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
-                                      qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES,
-                                      CAUSAL, 0)),
-            (_bwd_compute_partition, (dk_desc, dv_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
-                                      do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
-                                      qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES,
-                                      CAUSAL, 1)),
+            (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
+                                      dq_smem, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
+                                      GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N,
+                                      HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 0)),
+            (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
+                                      dq_smem, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
+                                      GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N,
+                                      HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 1)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                    do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
