@@ -583,7 +583,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     # The dK/dV kernel: d128, and d64 causal only.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
     assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, True) is None
-    assert ws_fused_dq(64, 4096) and not ws_fused_dq(64, 4095) and not ws_fused_dq(128, 16384)
+    assert ws_fused_dq(128, 4096) and not ws_fused_dq(128, 4095) and not ws_fused_dq(64, 16384)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
     for head_dim in (32, 96, 256):
@@ -640,7 +640,11 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
 
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
                       ATOMIC_DQ=atomic_dq)
-    dq_desc = desc(block_m, x.float(), gl.float32) if atomic_dq else desc(block_n // 2)
+    dq = x.float()
+    dq_block = [1, 1, block_m, head_dim // 2]
+    dq_desc = mangle_type(TensorDescriptor(
+        dq, list(dq.shape), list(dq.stride()), dq_block, gl.NVMMASharedLayout.get_default_for(dq_block, gl.float32)
+    )) if atomic_dq else desc(block_n // 2)
     types = dict(q_desc=desc(block_m), do_desc=desc(block_m), dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32",
                  sm_scale="fp32",
                  **{name: desc(block_n // 2) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})

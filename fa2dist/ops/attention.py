@@ -414,8 +414,10 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
                             (dk, block_n // 2), (dv, block_n // 2))
     if dq_acc is None:
         descs.append(descs[-1])  # unused
-    else:
-        descs += _ws_descriptors("bhsd", head_dim, (dq_acc, block_m))
+    else:  # each computing warpgroup adds half of dQ's columns
+        half = head_dim // 2
+        descs.append(GluonTensorDescriptor(dq_acc, *_bhsd_view(dq_acc, "bhsd"), [1, 1, block_m, half],
+                                           _ws_layout(block_m, half, torch.float32)))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,

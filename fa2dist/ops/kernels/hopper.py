@@ -270,9 +270,10 @@ WS_BWD = (
 
 #: (head dim, shortest seqlen_k): where the sequence-parallel mode adds dQ from this kernel (the copy engine's bulk
 #: add, ``ATOMIC_DQ``) instead of running the dQ kernel after it. Timed on an H100 (bf16, 16k tokens, 2026-11-26;
-#: benchmarks/results/h100-2026-11-26-wsbwd/fused_dq): d64 causal +4% (4k) and +11% (16k) on the backward, -6% at 1k;
-#: d128 10-30% slower (each warpgroup adds a 64x128 fp32 tile per step: more traffic than the dQ pass costs).
-WS_FUSED_DQ = ((64, 4096),)
+#: benchmarks/results/h100-2026-11-26-wsbwd/fused_dq, ws_fused_ab2.json), the backward against the dQ pass: d128
+#: +6-17% from 4k keys (+4% at 1k non-causal, -4% causal); d64 causal -11% to +4%, so d64 keeps the dQ pass. A first
+#: form where each warpgroup added its own 64x128 tile (twice the traffic) was 8-31% slower at d128.
+WS_FUSED_DQ = ((128, 4096),)
 
 
 def ws_fused_dq(head_dim: int, seqlen_k: int) -> bool:
@@ -309,14 +310,15 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 
 
 @gluon.jit
-def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, dq_smem, kv_bar,
-                           q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale,
-                           sm_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, WG_N: gl.constexpr,
-                           HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, dq_smem, ds_smem,
+                           ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
+                           GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr,
+                           WG_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                            ATOMIC_DQ: gl.constexpr, WG: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
-    of its key head); with ATOMIC_DQ also each tile's share of dQ, scale * dS K, which the copy engine adds into the
-    fp32 dQ."""
+    of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
+    both warpgroups put their dS in shared memory (``ds_bars``: both written; ``dqd_bars``: both read), each
+    multiplies it by K for half of dQ's columns, and the copy engine adds that into the fp32 dQ."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -333,8 +335,13 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     k = k_smem.index(WG).reshape([WG_N, HEAD_DIM])
     v = v_smem.index(WG).reshape([WG_N, HEAD_DIM])
     if ATOMIC_DQ:
-        dq_init = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+        HALF_D: gl.constexpr = HEAD_DIM // 2
+        h_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HALF_D, 16])
+        dq_init = gl.zeros([BLOCK_M, HALF_D], gl.float32, layout=h_layout)
         dq_buf = dq_smem.index(WG)
+        k0_half = k_smem.index(0).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
+        k1_half = k_smem.index(1).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
 
     mbarrier.wait(kv_bar, 0)
     for it in range(GROUP * n_m_tiles):
@@ -363,18 +370,33 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
         dk = warpgroup_mma(gl.convert_layout(ds_t, a_layout), q, dk, is_async=True)
         if ATOMIC_DQ:
-            dq = warpgroup_mma(gl.convert_layout(gl.permute(ds_t, (1, 0)), a_layout), k, dq_init, use_acc=False,
+            # Both warpgroups' dS go to shared memory; each then computes half of dQ's columns over all 128 keys.
+            par = it % 2
+            use = (it // 2) & 1
+            mbarrier.wait(dqd_bars.index(par), use ^ 1)  # both dQ products of two steps ago have read this buffer
+            ds_buf = ds_smem.index(par)
+            ds_buf.slice(WG * WG_N, WG_N, dim=0).store(ds_t)
+            fence_async_shared()
+            mbarrier.arrive(ds_bars.index(par))
+            mbarrier.wait(ds_bars.index(par), use)
+            dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k0_half, dq_init, use_acc=False,
                                is_async=True)
+            dq = warpgroup_mma(ds_buf.slice(WG_N, WG_N, dim=0).permute((1, 0)), k1_half, dq, is_async=True)
             dk, dv, dq = warpgroup_mma_wait(0, deps=(dk, dv, dq))
             mbarrier.arrive(free_bars.index(st))
+            mbarrier.arrive(dqd_bars.index(par))
             tma.store_wait(0)  # the last step's dQ has left the buffer
-            dq_buf.reshape([BLOCK_M, HEAD_DIM]).store(dq * sm_scale)
+            dq_buf.reshape([BLOCK_M, HALF_D]).store(dq * sm_scale)
             fence_async_shared()
-            _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_buf)
+            _tma_reduce_add(dq_desc, [off_z, off_h, start_m, WG * HALF_D], dq_buf)
         else:
             dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
             mbarrier.arrive(free_bars.index(st))
 
+    if ATOMIC_DQ:
+        last = GROUP * n_m_tiles - 1
+        if last >= 0:  # the other warpgroup's last dQ product reads this warpgroup's K too
+            mbarrier.wait(dqd_bars.index(last % 2), (last // 2) & 1)
     # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped).
     k.store((dk * sm_scale).to(dtype))
     v.store(dv.to(dtype))
@@ -390,8 +412,9 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
-    sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), BLOCK_M-row
-    blocks, zeroed by the caller) by the copy engine; without it ``dq_desc`` is unused.
+    sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
+    BLOCK_M rows and HEAD_DIM / 2 columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
+    unused.
     Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
     ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
     like LSE."""
@@ -415,10 +438,22 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     q_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     do_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    if ATOMIC_DQ:  # one fp32 staging buffer per computing warpgroup
+    if ATOMIC_DQ:
+        # An fp32 staging buffer per computing warpgroup (half of dQ's columns each), and both warpgroups' dS, two
+        # steps deep.
         dq_smem = gl.allocate_shared_memory(dq_desc.dtype, [2] + dq_desc.block_type.shape, dq_desc.layout)
-    else:
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype)
+        ds_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+        ds_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        dqd_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(ds_bars.index(i), count=2)
+            mbarrier.init(dqd_bars.index(i), count=2)
+    else:  # unused
         dq_smem = q_smem
+        ds_smem = q_smem
+        ds_bars = q_bars
+        dqd_bars = q_bars
     mbarrier.init(kv_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_bars.index(i), count=1)
@@ -429,13 +464,13 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     gl.warp_specialize(
         [
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
-                                      dq_smem, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
-                                      GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N,
-                                      HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 0)),
+                                      dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
+                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
+                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 0)),
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
-                                      dq_smem, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
-                                      GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N,
-                                      HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 1)),
+                                      dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
+                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
+                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 1)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                    do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
