@@ -130,13 +130,13 @@ class KernelsConfig:
             and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d128; d64 from 4k keys) in the warp-specialised
             Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead of the Triton
             forward, and their backward's dK/dV at ``hopper.WS_BWD`` (d128; d64 causal) in a warp-specialised kernel
-            without atomics. Both backward modes take it there, with the dQ kernel: faster on the H100 than the
-            sequence-parallel kernels' atomic dQ, and deterministic.
+            without atomics. Both backward modes take it there: the deterministic mode then runs the dQ kernel, the
+            sequence-parallel mode at d128 from 4k keys adds dQ from it (``hopper.WS_FUSED_DQ``).
         atomic_dq: the sequence-parallel backward adds dQ with atomics from its Triton dK/dV kernel. False: that
             mode runs the deterministic kernels instead (a dK/dV kernel, then a dQ kernel; no atomics). The Hopper
             config sets False: on the H100 the atomic dQ was at most 3% faster at any measured shape, and up to 39%
             slower (BENCHMARKS.md). (Where the warp-specialised dK/dV kernel adds dQ itself, ``hopper.WS_FUSED_DQ``:
-            d64 causal from 4k keys, the sequence-parallel mode takes that.)
+            d128 from 4k keys, the sequence-parallel mode takes that.)
 
     Example::
 
