@@ -580,9 +580,9 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 4096, dense) and not attention._warp_specialized(q, 64, 4095, dense)
     assert ws_tiles(64, 4096) == (128, 128, 3) and ws_tiles(64, 8192) == (192, 64, 4) and ws_tiles(64, 100) is None
-    # The dK/dV kernel: d128, and d64 causal only.
+    # The dK/dV kernels: d128, d256, and d64 causal only.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
-    assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, True) is None
+    assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, False) == (64, 64, 2)
     assert ws_fused_dq(128, 4096) and not ws_fused_dq(128, 4095) and not ws_fused_dq(64, 16384)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
@@ -613,14 +613,20 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
 
 @needs_compiler
 @pytest.mark.parametrize(
-    "row", [(d, causal, tiles) for d, causal_only, tiles in WS_BWD for causal in (True, False)[:2 - causal_only]],
-    ids=lambda row: "d{}-{}".format(row[0], "causal" if row[1] else "full"),
+    "row, atomic_dq",
+    [
+        ((d, causal, tiles), atomic_dq)
+        for d, causal_only, tiles in WS_BWD
+        for causal in (True, False)[:2 - causal_only]
+        for atomic_dq in (False, True)[:1 + (d <= 128)]  # head dims above 128: the split-role kernel, no dQ form
+    ],
+    ids=lambda p: ("seqpar" if p else "det") if isinstance(p, bool) else "d{}-{}".format(p[0], "causal" if p[1] else "full"),
 )
-@pytest.mark.parametrize("atomic_dq", [False, True], ids=["det", "seqpar"])
 def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
-    """The Gluon dK/dV kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with
-    the register split it asks for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
-    register spills; the sequence-parallel form adds dQ through the copy engine (a bulk reduction)."""
+    """The Gluon dK/dV kernels compile for sm_90 with their registered tiles, within the H100's shared memory, with
+    the register split they ask for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
+    register spills; the sequence-parallel form adds dQ through the copy engine (a bulk reduction). Head dims above
+    128 run the split-role kernel (no dQ form)."""
     import re
 
     from triton.experimental.gluon import language as gl
@@ -628,9 +634,12 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import mangle_type
 
-    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_ws_kernel
+    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_split_kernel, attn_bwd_dkdv_ws_kernel
 
     head_dim, causal, (block_m, block_n, stages) = row
+    split = head_dim > 128
+    kernel = attn_bwd_dkdv_split_kernel if split else attn_bwd_dkdv_ws_kernel
+    key_rows = block_n if split else block_n // 2
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
 
     def desc(rows, t=x, dtype=gl.bfloat16):
@@ -638,8 +647,9 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
         layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
         return mangle_type(TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout))
 
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-                      ATOMIC_DQ=atomic_dq)
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    if not split:
+        constexprs["ATOMIC_DQ"] = atomic_dq
     dq = x.float()
     dq_block = [1, 1, block_m, head_dim // 2]
     dq_desc = mangle_type(TensorDescriptor(
@@ -647,13 +657,10 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     )) if atomic_dq else desc(block_n // 2)
     types = dict(q_desc=desc(block_m), do_desc=desc(block_m), dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32",
                  sm_scale="fp32",
-                 **{name: desc(block_n // 2) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
-    signature = {
-        name: "constexpr" if name in constexprs else types.get(name, "i32")
-        for name in attn_bwd_dkdv_ws_kernel.arg_names
-    }
+                 **{name: desc(key_rows) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
     compiled = triton.compile(
-        GluonASTSource(attn_bwd_dkdv_ws_kernel, signature, constexprs),
+        GluonASTSource(kernel, signature, constexprs),
         target=triton.backends.compiler.GPUTarget("cuda", 90, 32), options={"num_warps": 4},
     )
     assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]

@@ -145,6 +145,9 @@ WS_BWD_SHAPES = [
     (1, 2, 2, 1031, 129, 64),
     (1, 4, 2, 4100, 4100, 128),  # d128 from 4k keys: the sequence-parallel mode adds dQ from the kernel
     (1, 2, 2, 300, 4096, 128),
+    (1, 4, 2, 333, 517, 256),  # d256: the split-role kernel
+    (2, 2, 2, 1031, 1031, 256),
+    (1, 2, 1, 300, 64, 256),
 ]
 
 

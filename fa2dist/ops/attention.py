@@ -23,6 +23,7 @@ try:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 
     from fa2dist.ops.kernels.hopper import (
+        attn_bwd_dkdv_split_kernel,
         attn_bwd_dkdv_ws_kernel,
         attn_fwd_ws_kernel,
         ws_bwd_tiles,
@@ -30,7 +31,7 @@ try:
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
-    attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = None
+    attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = attn_bwd_dkdv_split_kernel = None
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -409,6 +410,15 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv, and with an fp32
     ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it."""
     block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
+    if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
+        attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
+            *_ws_descriptors(layout, head_dim, (q, block_m), (k, block_n), (v, block_n), (do, block_m),
+                             (dk, block_n), (dv, block_n)),
+            lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
+            BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
+            num_warps=4,
+        )
+        return
     # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
     descs = _ws_descriptors(layout, head_dim, (q, block_m), (k, block_n // 2), (v, block_n // 2), (do, block_m),
                             (dk, block_n // 2), (dv, block_n // 2))

@@ -265,6 +265,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
 WS_BWD = (
     (64, True, (64, 128, 2)),
     (128, False, (64, 128, 2)),
+    (256, False, (64, 64, 2)),  # attn_bwd_dkdv_split_kernel: BLOCK_N keys shared by both warpgroups
 )
 
 
@@ -473,6 +474,195 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
                                       stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 1)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                    do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+        ],
+        [4, 1],
+        [240, 24],
+    )
+
+
+# ---- backward at d256: dK and dV by two warpgroups with different roles --------------------------------------------
+#
+# At d256 one warpgroup cannot hold both 64x256 fp32 accumulators (dK and dV: 256 registers a thread). Here both
+# computing warpgroups work on the same 64 keys: the "P" warpgroup computes S^T = K Q^T, P^T and dV += P^T dO and
+# hands P^T to the "dS" warpgroup through shared memory, which computes dP^T = V dO^T, dS^T and dK += dS^T Q.
+
+
+@gluon.jit
+def _split_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
+                          free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M: gl.constexpr,
+                          STAGES: gl.constexpr):
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0, 0], kv_bar, v_smem)
+    for it in range(GROUP * n_m_tiles):
+        s = it % STAGES
+        mbarrier.wait(free_bars.index(s), ((it // STAGES) & 1) ^ 1)
+        off_h = off_hk * GROUP + it // n_m_tiles
+        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        mbarrier.expect(q_bars.index(s), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, start_m, 0], q_bars.index(s), q_smem.index(s))
+        mbarrier.expect(do_bars.index(s), do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, start_m, 0], do_bars.index(s), do_smem.index(s))
+
+
+@gluon.jit
+def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
+                       p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, stride_lz,
+                       stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """S^T = K Q^T, P^T (to shared memory for the dS warpgroup), dV += P^T dO; then stores dV."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    keys = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    diag = N_K - N_Q
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
+    s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
+    k = k_smem.reshape([BLOCK_N, HEAD_DIM])
+    v = v_smem.reshape([BLOCK_N, HEAD_DIM])
+
+    mbarrier.wait(kv_bar, 0)
+    for it in range(GROUP * n_m_tiles):
+        st = it % STAGES
+        phase = (it // STAGES) & 1
+        par = it % 2
+        use = (it // 2) & 1
+        off_h = off_hk * GROUP + it // n_m_tiles
+        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        mbarrier.wait(q_bars.index(st), phase)
+        s_t = warpgroup_mma(k, q.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        rows = start_m + cols
+        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+        lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
+        s_t = warpgroup_mma_wait(0, deps=(s_t,))
+        p_t = gl.exp2(s_t * qk_scale - lse[None, :])
+        if CAUSAL:
+            if start_m + diag < n0 + BLOCK_N - 1:  # some key of this program lies past some row's diagonal
+                p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
+        p_t = p_t.to(dtype)
+        mbarrier.wait(pfree_bars.index(par), use ^ 1)  # the dS warpgroup has read this buffer two steps ago
+        p_smem.index(par).store(p_t)
+        fence_async_shared()
+        mbarrier.arrive(p_bars.index(par))
+        mbarrier.wait(do_bars.index(st), phase)
+        dv = warpgroup_mma(gl.convert_layout(p_t, a_layout), do, dv, is_async=True)
+        dv = warpgroup_mma_wait(0, deps=(dv,))
+        mbarrier.arrive(free_bars.index(st))
+
+    last = GROUP * n_m_tiles - 1
+    if last >= 0:  # the dS warpgroup's last dP^T = V dO^T has read V
+        mbarrier.wait(pfree_bars.index(last % 2), (last // 2) & 1)
+    v.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0, 0], v_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
+                        p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, sm_scale, stride_lz,
+                        stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                        STAGES: gl.constexpr):
+    """dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; then stores dK."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
+    s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
+    k = k_smem.reshape([BLOCK_N, HEAD_DIM])
+    v = v_smem.reshape([BLOCK_N, HEAD_DIM])
+
+    mbarrier.wait(kv_bar, 0)
+    for it in range(GROUP * n_m_tiles):
+        st = it % STAGES
+        phase = (it // STAGES) & 1
+        par = it % 2
+        use = (it // 2) & 1
+        off_h = off_hk * GROUP + it // n_m_tiles
+        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
+        mbarrier.wait(do_bars.index(st), phase)
+        dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        rows = start_m + cols
+        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+        delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
+        dp_t = warpgroup_mma_wait(0, deps=(dp_t,))
+        mbarrier.wait(p_bars.index(par), use)
+        p_t = p_smem.index(par).load(s_layout).to(gl.float32)
+        mbarrier.arrive(pfree_bars.index(par))
+        ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
+        mbarrier.wait(q_bars.index(st), phase)
+        dk = warpgroup_mma(gl.convert_layout(ds_t, a_layout), q, dk, is_async=True)
+        dk = warpgroup_mma_wait(0, deps=(dk,))
+        mbarrier.arrive(free_bars.index(st))
+
+    # The P warpgroup's last S^T = K Q^T has read K: its last P^T is in (this warpgroup waited for it).
+    k.store((dk * sm_scale).to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0, 0], k_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
+                               stride_lz, stride_lh, H_KV, GROUP, N_Q, N_K,
+                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                               STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
+    head). Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the others
+    BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
+    n0 = gl.program_id(0) * BLOCK_N
+    off_zh = gl.program_id(1)
+    off_z = off_zh // H_KV
+    off_hk = off_zh % H_KV
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
+    else:
+        m_lo = 0
+    n_m_tiles = gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype)
+    p_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_N, BLOCK_M], p_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    p_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    pfree_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(do_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+    for i in gl.static_range(2):
+        mbarrier.init(p_bars.index(i), count=1)
+        mbarrier.init(pfree_bars.index(i), count=1)
+
+    gl.warp_specialize(
+        [
+            (_split_p_partition, (dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
+                                  free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
+                                  sm_scale * LOG2E, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL)),
+            (_split_ds_partition, (dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
+                                   free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q,
+                                   sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
+            (_split_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
+                                     do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
         [4, 1],
         [240, 24],
