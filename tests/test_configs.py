@@ -491,9 +491,9 @@ def _replace_headdim(value: int) -> KernelsConfig:
 # ---- the warp-specialised Hopper forward (Gluon), cross-compiled for sm_90 --------------------------------------------
 
 try:
-    from fa2dist.ops.kernels.hopper import WS_BWD, WS_TILES
+    from fa2dist.ops.kernels.hopper import WS_BWD, WS_BWD_DQ, WS_TILES
 except ImportError:  # a Triton without Gluon (fa2dist then runs the Triton kernels only)
-    WS_TILES, WS_BWD = (), ()
+    WS_TILES, WS_BWD, WS_BWD_DQ = (), (), ()
 
 
 def _ptxas_spill_bytes(ptx: str) -> int:
@@ -563,6 +563,44 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         compute_regs = "240" if tiles[0] == 128 else "160"
         assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", compute_regs}
         assert re.search(r"wgmma\.mma_async", ptx)
+
+
+@needs_compiler
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("row", WS_BWD_DQ, ids=lambda row: f"d{row[0]}")
+def test_warp_specialized_dq_fits_hopper(row, causal):
+    """The Gluon dQ kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with the
+    register split it asks for and (nearly) no spills."""
+    import re
+
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    from fa2dist.ops.kernels.hopper import attn_bwd_dq_ws_kernel
+
+    head_dim, (block_m, block_n, stages) = row
+    x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
+
+    def desc(rows):
+        block = [1, 1, rows, head_dim]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
+
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    types = dict(q_desc=desc(block_m // 2), do_desc=desc(block_m // 2), dq_desc=desc(block_m // 2),
+                 k_desc=desc(block_n), v_desc=desc(block_n), LSE="*fp32", DELTA="*fp32", sm_scale="fp32")
+    kernel = attn_bwd_dq_ws_kernel
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
+    compiled = triton.compile(
+        GluonASTSource(kernel, signature, constexprs),
+        target=triton.backends.compiler.GPUTarget("cuda", 90, 32), options={"num_warps": 4},
+    )
+    assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
+    ptx = compiled.asm["ptx"]
+    assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
+    assert _ptxas_spill_bytes(ptx) <= 64
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):

@@ -158,7 +158,7 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
     sequence-parallel mode adds dQ from it), not elsewhere; gradients within 3x PyTorch's own error against float64;
     the deterministic mode bitwise equal across runs."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_dq_tiles, ws_fused_dq
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised backward runs on sm_90")
@@ -166,14 +166,20 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
     launch = attention._attn_bwd_dkdv_ws
     # The call's dq_acc argument: an fp32 buffer where the kernel adds dQ (the sequence-parallel mode).
     monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", lambda *a: calls.append(a[6] is not None) or launch(*a))
+    dq_calls = []
+    launch_dq = attention._attn_bwd_dq_ws
+    monkeypatch.setattr(attention, "_attn_bwd_dq_ws", lambda *a: dq_calls.append(a[-1]) or launch_dq(*a))
     for i, shape in enumerate(WS_BWD_SHAPES):
         layout = ("bshd", "bhsd")[i % 2]
         taken = ws_bwd_tiles(shape[-1], causal) is not None
         for deterministic in (True, False):
-            n_calls = len(calls)
+            n_calls, n_dq_calls = len(calls), len(dq_calls)
             _run(shape, causal, dtype, layout, deterministic)
             fused = not deterministic and ws_fused_dq(shape[-1], shape[4])
             assert calls[n_calls:] == [fused] * taken, f"{shape}, deterministic={deterministic}"
+            ws_dq = taken and not fused and ws_dq_tiles(shape[-1]) is not None  # the warp-specialised dQ pass
+            assert len(dq_calls) == n_dq_calls + ws_dq, f"{shape}, deterministic={deterministic}"
+    assert dq_calls, "no shape took the warp-specialised dQ kernel"
     # Other features and head dims keep the Triton kernels.
     n_calls = len(calls)
     _run((1, 4, 4, 300, 300, 96), causal, dtype, "bshd", True)

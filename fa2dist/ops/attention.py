@@ -25,13 +25,15 @@ try:
     from fa2dist.ops.kernels.hopper import (
         attn_bwd_dkdv_split_kernel,
         attn_bwd_dkdv_ws_kernel,
+        attn_bwd_dq_ws_kernel,
         attn_fwd_ws_kernel,
         ws_bwd_tiles,
+        ws_dq_tiles,
         ws_fused_dq,
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
-    attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = attn_bwd_dkdv_split_kernel = None
+    attn_fwd_ws_kernel = attn_bwd_dkdv_ws_kernel = attn_bwd_dkdv_split_kernel = attn_bwd_dq_ws_kernel = None
 
 from fa2dist.configs import MAX_HEADDIM, MIN_HEADDIM, BlockConfig, KernelsConfig, select_config
 from fa2dist.determinism import resolve_deterministic
@@ -435,6 +437,20 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     )
 
 
+def _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, group, seqlen_q, seqlen_k,
+                    head_dim) -> None:
+    """Launch the warp-specialised dQ kernel (fa2dist/ops/kernels/hopper.py) into dq."""
+    block_m, block_n, stages = ws_dq_tiles(head_dim)
+    # Each of the two computing warpgroups loads its own block_m / 2 rows of Q and dO and stores their dQ.
+    rows = block_m // 2
+    attn_bwd_dq_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
+        *_ws_descriptors(layout, head_dim, (q, rows), (k, block_n), (v, block_n), (do, rows), (dq, rows)),
+        lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads, group, seqlen_q, seqlen_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
+        num_warps=4,
+    )
+
+
 def _bhsd_view(x: torch.Tensor, layout: str) -> tuple[list[int], list[int]]:
     """Shape and strides of a dense 4-D tensor in ``layout`` seen as (batch, heads, seqlen, head dim)."""
     heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
@@ -569,6 +585,13 @@ def attn_bwd(
                  TMA_DQ=tma_dq),
             prefit=(lambda t: _fit_fp32(dkdv_name, t, head_dim, config)) if fp32 else None,
         )
+    if deterministic and ws and ws_dq_tiles(head_dim) is not None:
+        try:
+            _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, group, seqlen_q, seqlen_k,
+                            head_dim)
+            return dq, dk, dv
+        except _GLUON_ERRORS as err:
+            _gluon_failed("backward", err)
     if deterministic:
 
         def dq_args(t: BlockConfig) -> tuple:

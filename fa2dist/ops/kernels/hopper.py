@@ -277,6 +277,16 @@ WS_BWD = (
 WS_FUSED_DQ = ((128, 4096),)
 
 
+#: (head dim, (BLOCK_M, BLOCK_N, STAGES)): where the dQ pass is the warp-specialised ``attn_bwd_dq_ws_kernel``
+#: (after a warp-specialised dK/dV kernel) instead of the Triton dQ kernel.
+WS_BWD_DQ = ((256, (128, 32, 2)),)
+
+
+def ws_dq_tiles(head_dim: int) -> tuple[int, int, int] | None:
+    """The warp-specialised dQ kernel's tiles for this head dim, or None where the Triton dQ kernel runs."""
+    return next((tiles for dim, tiles in WS_BWD_DQ if dim == head_dim), None)
+
+
 def ws_fused_dq(head_dim: int, seqlen_k: int) -> bool:
     """Whether the sequence-parallel mode adds dQ from the dK/dV kernel for this call."""
     return any(head_dim == dim and seqlen_k >= shortest for dim, shortest in WS_FUSED_DQ)
@@ -663,6 +673,127 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
                                    sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
             (_split_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                      do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+        ],
+        [4, 1],
+        [240, 24],
+    )
+
+
+# ---- backward: dQ, warp-specialised (large head dims) ----------------------------------------------------------------
+
+
+@gluon.jit
+def _dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
+                       free_bars, off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    WG_M: gl.constexpr = q_desc.block_type.shape[2]
+    mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+    for w in gl.static_range(2):
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0 + w * WG_M, 0], qdo_bar, q_smem.index(w))
+        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, m0 + w * WG_M, 0], qdo_bar, do_smem.index(w))
+    for j in range(n_tiles):
+        s = j % STAGES
+        mbarrier.wait(free_bars.index(s), ((j // STAGES) & 1) ^ 1)
+        mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, j * BLOCK_N, 0], k_bars.index(s), k_smem.index(s))
+        mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, j * BLOCK_N, 0], v_bars.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars, free_bars,
+                          off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh,
+                          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                          CAUSAL: gl.constexpr, WG: gl.constexpr):
+    """One warpgroup's 64 query rows: dQ = scale * sum over key tiles of dS K, dS = P (dO V^T - delta)."""
+    WG_M: gl.constexpr = q_smem.shape[3]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    rows = m0 + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+    lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
+    delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
+    diag = N_K - N_Q
+    dq = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
+    s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+    q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
+    do = do_smem.index(WG).reshape([WG_M, HEAD_DIM])
+
+    mbarrier.wait(qdo_bar, 0)
+    for j in range(n_tiles):
+        st = j % STAGES
+        phase = (j // STAGES) & 1
+        k = k_smem.index(st).reshape([BLOCK_N, HEAD_DIM])
+        v = v_smem.index(st).reshape([BLOCK_N, HEAD_DIM])
+        mbarrier.wait(k_bars.index(st), phase)
+        s = warpgroup_mma(q, k.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        mbarrier.wait(v_bars.index(st), phase)
+        dp = warpgroup_mma(do, v.permute((1, 0)), s_init, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s,))
+        p = gl.exp2(s * qk_scale - lse[:, None])
+        if CAUSAL:
+            if (j + 1) * BLOCK_N - 1 > m0 + WG * WG_M + diag:  # some key of this tile lies past some row's diagonal
+                p = gl.where(j * BLOCK_N + cols[None, :] <= rows[:, None] + diag, p, 0.0)
+        dp = warpgroup_mma_wait(0, deps=(dp,))
+        ds = (p * (dp - delta[:, None])).to(dtype)
+        dq = warpgroup_mma(gl.convert_layout(ds, a_layout), k, dq, is_async=True)
+        dq = warpgroup_mma_wait(0, deps=(dq,))
+        mbarrier.arrive(free_bars.index(st))
+
+    # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped).
+    q.store((dq * sm_scale).to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dq_desc, [off_z, off_h, m0 + WG * WG_M, 0], q_smem.index(WG))
+    tma.store_wait(0)
+
+
+@gluon.jit
+def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, sm_scale, stride_lz, stride_lh, H,
+                          GROUP, N_Q, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                          STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """dQ of dense attention, deterministic: each program owns BLOCK_M query rows of one head (64 per computing
+    warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), batch * H). ``q_desc``, ``do_desc`` and
+    ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks."""
+    m0 = gl.program_id(0) * BLOCK_M
+    off_zh = gl.program_id(1)
+    off_z = off_zh // H
+    off_h = off_zh % H
+    off_hk = off_h // GROUP
+    if CAUSAL:
+        n_hi = gl.minimum(N_K, gl.maximum(m0 + BLOCK_M + N_K - N_Q, 0))
+    else:
+        n_hi = N_K
+    n_tiles = gl.cdiv(n_hi, BLOCK_N)
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    qdo_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(qdo_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+
+    qk_scale = sm_scale * LOG2E
+    gl.warp_specialize(
+        [
+            (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
+                                     free_bars, off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz,
+                                     stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
+            (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
+                                     free_bars, off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz,
+                                     stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
+            (_dq_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars,
+                                  v_bars, free_bars, off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
         ],
         [4, 1],
         [240, 24],
