@@ -280,7 +280,8 @@ WS_FUSED_DQ = ((128, 4096),)
 #: (head dim, (BLOCK_M, BLOCK_N, STAGES)): where the dQ pass is the warp-specialised ``attn_bwd_dq_ws_kernel``
 #: (after a warp-specialised dK/dV kernel) instead of the Triton dQ kernel. Timed on an H100 (bf16, 16k tokens,
 #: 2026-11-26; benchmarks/results/h100-2026-11-26-wsbwd/dq), the whole deterministic backward: d256 +40-67% (32-key
-#: tiles; 3 stages: 0-10% slower at 4k); d128 +1-8% with 128-key tiles (64-key tiles: 0-8%, less even).
+#: tiles; 3 stages: 0-10% slower at 4k); d128 +1-8% with 128-key tiles (64-key tiles: 0-8%, less even); d64 causal
+#: -7% at 1k, -2% to +8% from 4k (ws_dq64_ab.json), so d64 keeps the Triton dQ kernel.
 WS_BWD_DQ = ((128, (128, 128, 2)), (256, (128, 32, 2)))
 
 
