@@ -129,9 +129,10 @@ class KernelsConfig:
         warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16) at the head dims
             and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d128; d64 from 4k keys) in the warp-specialised
             Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead of the Triton
-            forward, and their backward's dK/dV at ``hopper.WS_BWD`` (d128; d64 causal) in a warp-specialised kernel
-            without atomics. Both backward modes take it there: the deterministic mode then runs the dQ kernel, the
-            sequence-parallel mode at d128 from 4k keys adds dQ from it (``hopper.WS_FUSED_DQ``).
+            forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d128, d256; d64 causal) and dQ at
+            ``hopper.WS_BWD_DQ`` (d128, d256) in warp-specialised kernels without atomics, in both modes; the
+            sequence-parallel mode at d128 from 4k keys adds dQ from the dK/dV kernel instead
+            (``hopper.WS_FUSED_DQ``).
         atomic_dq: the sequence-parallel backward adds dQ with atomics from its Triton dK/dV kernel. False: that
             mode runs the deterministic kernels instead (a dK/dV kernel, then a dQ kernel; no atomics). The Hopper
             config sets False: on the H100 the atomic dQ was at most 3% faster at any measured shape, and up to 39%
