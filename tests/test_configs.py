@@ -515,30 +515,36 @@ def _ptxas_spill_bytes(ptx: str) -> int:
     return sum(int(n) for n in spills)
 
 
-def _ws_source(tiles: tuple[int, int, int], head_dim: int, causal: bool, dtype: torch.dtype):
+def _gluon_desc(x: torch.Tensor, rows: int, cols: int):
+    """The signature type of a Gluon tensor descriptor over ``x`` with [1, 1, rows, cols] blocks."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import mangle_type
 
-    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel
+    gl_dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[x.dtype]
+    block = [1, 1, rows, cols]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
+    return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
 
-    block_m, block_n, stages = tiles
-    x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
-    gl_dtype = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
 
-    def desc(rows):
-        block = [1, 1, rows, head_dim]
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl_dtype)
-        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
+def _compile_sm90(kernel, constexprs: dict, types: dict, compute_regs: str = "240") -> str:
+    """Cross-compile a Gluon kernel for sm_90 (arguments not in ``types`` are i32) and check what every
+    warp-specialised kernel here must: it fits the H100's shared memory, asks for its register split (24 for the
+    loading warp, ``compute_regs`` for the computing warpgroups) and uses wgmma. Returns the PTX."""
+    import re
 
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
-    types = dict(q_desc=desc(64), k_desc=desc(block_n), v_desc=desc(block_n), o_desc=desc(64), LSE="*fp32",
-                 sm_scale="fp32")
-    signature = {
-        name: "constexpr" if name in constexprs else types.get(name, "i32") for name in attn_fwd_ws_kernel.arg_names
-    }
-    return GluonASTSource(attn_fwd_ws_kernel, signature, constexprs)
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
+    compiled = triton.compile(
+        GluonASTSource(kernel, signature, constexprs), target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
+        options={"num_warps": 4},
+    )
+    assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
+    ptx = compiled.asm["ptx"]
+    assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", compute_regs}
+    assert re.search(r"wgmma\.mma_async", ptx)
+    return ptx
 
 
 @needs_compiler
@@ -549,20 +555,17 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
     register split it asks for (one loading warp at 24 registers, the computing warpgroups at 240 or 160) and at
     most a word or two of spills (ptxas's own report: 4 bytes at d128 causal, 0 elsewhere, as timed in BENCHMARKS.md).
     (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
-    import re
+    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel
 
-    head_dim, _, tiles = row
+    head_dim, _, (block_m, block_n, stages) = row
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
     for dtype in (torch.bfloat16, torch.float16):
-        compiled = triton.compile(
-            _ws_source(tiles, head_dim, causal, dtype), target=triton.backends.compiler.GPUTarget("cuda", 90, 32),
-            options={"num_warps": 4},
-        )
-        assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
-        ptx = compiled.asm["ptx"]
+        x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
+        types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
+                     v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
+                     sm_scale="fp32")
+        ptx = _compile_sm90(attn_fwd_ws_kernel, constexprs, types, "240" if block_m == 128 else "160")
         assert _ptxas_spill_bytes(ptx) <= 8
-        compute_regs = "240" if tiles[0] == 128 else "160"
-        assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", compute_regs}
-        assert re.search(r"wgmma\.mma_async", ptx)
 
 
 @needs_compiler
@@ -571,36 +574,16 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
 def test_warp_specialized_dq_fits_hopper(row, causal):
     """The Gluon dQ kernel compiles for sm_90 with its registered tiles, within the H100's shared memory, with the
     register split it asks for and (nearly) no spills."""
-    import re
-
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
     from fa2dist.ops.kernels.hopper import attn_bwd_dq_ws_kernel
 
     head_dim, (block_m, block_n, stages) = row
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
-
-    def desc(rows):
-        block = [1, 1, rows, head_dim]
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return mangle_type(TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout))
-
+    rows = {"q_desc": block_m // 2, "do_desc": block_m // 2, "dq_desc": block_m // 2, "k_desc": block_n,
+            "v_desc": block_n}
+    types = dict(LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+                 **{name: _gluon_desc(x, n, head_dim) for name, n in rows.items()})
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
-    types = dict(q_desc=desc(block_m // 2), do_desc=desc(block_m // 2), dq_desc=desc(block_m // 2),
-                 k_desc=desc(block_n), v_desc=desc(block_n), LSE="*fp32", DELTA="*fp32", sm_scale="fp32")
-    kernel = attn_bwd_dq_ws_kernel
-    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
-    compiled = triton.compile(
-        GluonASTSource(kernel, signature, constexprs),
-        target=triton.backends.compiler.GPUTarget("cuda", 90, 32), options={"num_warps": 4},
-    )
-    assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
-    ptx = compiled.asm["ptx"]
-    assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
-    assert _ptxas_spill_bytes(ptx) <= 64
+    assert _ptxas_spill_bytes(_compile_sm90(attn_bwd_dq_ws_kernel, constexprs, types)) <= 64
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
@@ -665,13 +648,6 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     the register split they ask for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
     register spills; the sequence-parallel form adds dQ through the copy engine (a bulk reduction). Head dims above
     128 run the split-role kernel (no dQ form)."""
-    import re
-
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
     from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_split_kernel, attn_bwd_dkdv_ws_kernel
 
     head_dim, causal, (block_m, block_n, stages) = row
@@ -679,32 +655,15 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     kernel = attn_bwd_dkdv_split_kernel if split else attn_bwd_dkdv_ws_kernel
     key_rows = block_n if split else block_n // 2
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
-
-    def desc(rows, t=x, dtype=gl.bfloat16):
-        block = [1, 1, rows, head_dim]
-        layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
-        return mangle_type(TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout))
-
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
     if not split:
         constexprs["ATOMIC_DQ"] = atomic_dq
-    dq = x.float()
-    dq_block = [1, 1, block_m, head_dim // 2]
-    dq_desc = mangle_type(TensorDescriptor(
-        dq, list(dq.shape), list(dq.stride()), dq_block, gl.NVMMASharedLayout.get_default_for(dq_block, gl.float32)
-    )) if atomic_dq else desc(block_n // 2)
-    types = dict(q_desc=desc(block_m), do_desc=desc(block_m), dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32",
-                 sm_scale="fp32",
-                 **{name: desc(key_rows) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
-    signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
-    compiled = triton.compile(
-        GluonASTSource(kernel, signature, constexprs),
-        target=triton.backends.compiler.GPUTarget("cuda", 90, 32), options={"num_warps": 4},
-    )
-    assert 0 < compiled.metadata.shared <= FAMILY_SHARED_MEMORY["hopper"]
-    ptx = compiled.asm["ptx"]
-    assert set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)) >= {"24", "240"}
-    assert re.search(r"wgmma\.mma_async", ptx)
+    # Each computing warpgroup adds half of dQ's columns.
+    dq_desc = _gluon_desc(x.float(), block_m, head_dim // 2) if atomic_dq else _gluon_desc(x, key_rows, head_dim)
+    types = dict(q_desc=_gluon_desc(x, block_m, head_dim), do_desc=_gluon_desc(x, block_m, head_dim),
+                 dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+                 **{name: _gluon_desc(x, key_rows, head_dim) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
+    ptx = _compile_sm90(kernel, constexprs, types)
     # Measured with these spills (d128 causal: 168 bytes); a change that spills much more needs re-timing.
     assert _ptxas_spill_bytes(ptx) <= 256
     assert ("cp.reduce.async.bulk.tensor" in ptx) == atomic_dq
