@@ -1,20 +1,21 @@
-"""Warp-specialised FlashAttention forward for Hopper (sm_90), written in Gluon.
+"""Warp-specialised FlashAttention kernels for Hopper (sm_90), written in Gluon: the forward and the backward.
 
-Triton 3.6's automatic warp specialisation does not take this loop on sm_90, so this kernel gives the warps their
-roles itself (as FlashAttention-3 does):
+Triton 3.6's automatic warp specialisation does not take these loops on sm_90, so these kernels give the warps their
+roles themselves (as FlashAttention-3 does):
 
-- a **load partition** (one warp) copies Q once, then K and V tiles into a ring of ``STAGES`` shared-memory buffers
-  with the Tensor Memory Accelerator; one mbarrier per buffer says "K landed", one "V landed", one "free again";
-- two or three **compute partitions** (one warpgroup each, 64 query rows each of a 128- or 192-row tile) issue the
-  asynchronous warpgroup MMAs and the softmax, each at its own pace. Each loop overlaps the two: it issues tile j's
-  q.k product, then tile j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays
-  in registers, the A operand of the MMA; the exponent is one FMA, exp2(s * scale - max)).
+- a **load partition** (one warp) copies the tiles a program keeps (Q in the forward and the dQ pass, K and V in the
+  dK/dV kernels) once, and streams the others through a ring of ``STAGES`` shared-memory buffers with the Tensor
+  Memory Accelerator; mbarriers say "landed" and "free again";
+- two or three **compute partitions** (one warpgroup each) issue the asynchronous warpgroup MMAs and the softmax
+  work, each at its own pace. In the forward each owns 64 query rows: it issues tile j's q.k product, then tile
+  j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers; the exponent
+  is one FMA, exp2(s * scale - max)). The backward kernels are described above each one.
 
-Dense attention only (causal or not, bottom-right aligned as the portable kernel), fp16/bf16, a positive softmax
-scale, the head dims and lengths of ``WS_TILES``, 4-D tensor descriptors over (batch, heads, seqlen, head dim): rows
-past a sequence load as zeros and are clipped on store. Everything else (windows, softcap, ALiBi, dropout, variable length, other head dims, other GPUs) runs the
-portable kernel in ``forward.py``. Gluon has no interpreter: this kernel runs on an sm_90 GPU only, and CPU tests
-cross-compile it.
+Dense attention only (causal or not, bottom-right aligned as the portable kernels), fp16/bf16, a positive softmax
+scale, the head dims and lengths of the tables below, 4-D tensor descriptors over (batch, heads, seqlen, head dim):
+rows past a sequence load as zeros and are clipped on store. Everything else (windows, softcap, ALiBi, dropout,
+variable length, other head dims, other GPUs) runs the portable kernels in ``forward.py`` and ``backward.py``. Gluon
+has no interpreter: these kernels run on an sm_90 GPU only, and CPU tests cross-compile them.
 """
 
 from triton._C.libtriton import ir
