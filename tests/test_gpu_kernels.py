@@ -223,6 +223,25 @@ def test_warp_specialized_forward_falls_back_when_it_does_not_compile(monkeypatc
         assert torch.equal(fa2dist.flash_attention(q, k, v, causal=True), out)
 
 
+@pytest.mark.parametrize("broken", ["_attn_bwd_dkdv_ws", "_attn_bwd_dq_ws"])
+def test_warp_specialized_backward_falls_back_when_it_does_not_compile(broken, monkeypatch):
+    """A Triton whose Gluon cannot compile a backward kernel runs the Triton kernels for it, with one warning, and
+    the gradients stay right."""
+    from fa2dist.ops import attention
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised backward runs on sm_90")
+
+    def fail(*args):
+        raise TypeError("warp_specialize() got an unexpected keyword argument")
+
+    monkeypatch.setattr(attention, broken, fail)
+    monkeypatch.setattr(attention, "_ws_error", None)
+    with pytest.warns(UserWarning, match="backward does not compile here"):
+        _run((1, 4, 2, 300, 300, 128), True, torch.bfloat16, "bshd", True)
+    assert attention._ws_error.startswith("TypeError")
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_config_through_override(family, monkeypatch):
     config, needs = FAMILIES[family]
