@@ -382,9 +382,9 @@ def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
 
 
 @functools.cache
-def _ws_layout(rows: int, head_dim: int, dtype: torch.dtype):
+def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
     gl_dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], gl_dtype)
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, cols], gl_dtype)
 
 
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
@@ -399,10 +399,11 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     )
 
 
-def _ws_descriptors(layout: str, head_dim: int, *specs) -> list:
-    """Gluon tensor descriptors over (batch, heads, seqlen, head dim) views of ``(tensor, rows)`` specs."""
+def _ws_descriptors(layout: str, cols: int, *specs) -> list:
+    """Gluon tensor descriptors over (batch, heads, seqlen, head dim) views of ``(tensor, rows)`` specs, with blocks
+    of ``rows`` rows of one head, ``cols`` wide."""
     return [
-        GluonTensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, head_dim], _ws_layout(rows, head_dim, x.dtype))
+        GluonTensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, cols], _ws_layout(rows, cols, x.dtype))
         for x, rows in specs
     ]
 
@@ -427,9 +428,7 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     if dq_acc is None:
         descs.append(descs[-1])  # unused
     else:  # each computing warpgroup adds half of dQ's columns
-        half = head_dim // 2
-        descs.append(GluonTensorDescriptor(dq_acc, *_bhsd_view(dq_acc, "bhsd"), [1, 1, block_m, half],
-                                           _ws_layout(block_m, half, torch.float32)))
+        descs += _ws_descriptors("bhsd", head_dim // 2, (dq_acc, block_m))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,

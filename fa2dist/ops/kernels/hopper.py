@@ -305,19 +305,51 @@ def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
 
 
 @gluon.jit
+def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, H_KV, N_Q, N_K, CAUSAL: gl.constexpr):
+    """A dK/dV program's keys and query range: (n0, off_z, off_hk, m_lo, n_m_tiles). Grid: (cdiv(N_K, BLOCK_N),
+    batch * H_KV)."""
+    n0 = gl.program_id(0) * BLOCK_N
+    off_zh = gl.program_id(1)
+    if CAUSAL:
+        # Query row i sees key j iff j <= i + N_K - N_Q: rows before this program's first key minus diag see none.
+        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
+    else:
+        m_lo = 0
+    return n0, off_zh // H_KV, off_zh % H_KV, m_lo, gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+
+
+@gluon.jit
+def _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M: gl.constexpr):
+    """Step ``it`` of a dK/dV program's loop over the query tiles of every query head of its key head:
+    (query head, first row)."""
+    return off_hk * GROUP + it // n_m_tiles, m_lo + (it % n_m_tiles) * BLOCK_M
+
+
+@gluon.jit
+def _init_bwd_barriers(kv_bar, q_bars, do_bars, free_bars, STAGES: gl.constexpr):
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(do_bars.index(i), count=1)
+        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+
+
+@gluon.jit
 def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
                         free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M: gl.constexpr,
                         STAGES: gl.constexpr):
-    WG_N: gl.constexpr = k_desc.block_type.shape[2]
-    mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
-    for w in gl.static_range(2):
-        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0 + w * WG_N, 0], kv_bar, k_smem.index(w))
-        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0 + w * WG_N, 0], kv_bar, v_smem.index(w))
+    """The dK/dV kernels' loading warp: the program's keys once (``k_smem.shape[0]`` blocks of K and of V), then Q
+    and dO tiles through the ring."""
+    KV_BLOCKS: gl.constexpr = k_smem.shape[0]
+    ROWS: gl.constexpr = k_desc.block_type.shape[2]
+    mbarrier.expect(kv_bar, KV_BLOCKS * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
+    for w in gl.static_range(KV_BLOCKS):
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0 + w * ROWS, 0], kv_bar, k_smem.index(w))
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0 + w * ROWS, 0], kv_bar, v_smem.index(w))
     for it in range(GROUP * n_m_tiles):
         s = it % STAGES
         mbarrier.wait(free_bars.index(s), ((it // STAGES) & 1) ^ 1)
-        off_h = off_hk * GROUP + it // n_m_tiles
-        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         mbarrier.expect(q_bars.index(s), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [off_z, off_h, start_m, 0], q_bars.index(s), q_smem.index(s))
         mbarrier.expect(do_bars.index(s), do_desc.block_type.nbytes)
@@ -362,8 +394,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     for it in range(GROUP * n_m_tiles):
         st = it % STAGES
         phase = (it // STAGES) & 1
-        off_h = off_hk * GROUP + it // n_m_tiles
-        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         mbarrier.wait(q_bars.index(st), phase)
@@ -434,16 +465,7 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
     like LSE."""
     WG_N: gl.constexpr = BLOCK_N // 2
-    n0 = gl.program_id(0) * BLOCK_N
-    off_zh = gl.program_id(1)
-    off_z = off_zh // H_KV
-    off_hk = off_zh % H_KV
-    if CAUSAL:
-        # Query row i sees key j iff j <= i + N_K - N_Q: rows before this program's first key minus diag see none.
-        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
-    else:
-        m_lo = 0
-    n_m_tiles = gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, H_KV, N_Q, N_K, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -469,11 +491,7 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
         ds_smem = q_smem
         ds_bars = q_bars
         dqd_bars = q_bars
-    mbarrier.init(kv_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(q_bars.index(i), count=1)
-        mbarrier.init(do_bars.index(i), count=1)
-        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+    _init_bwd_barriers(kv_bar, q_bars, do_bars, free_bars, STAGES)
 
     qk_scale = sm_scale * LOG2E
     gl.warp_specialize(
@@ -502,24 +520,6 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
 
 
 @gluon.jit
-def _split_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
-                          free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M: gl.constexpr,
-                          STAGES: gl.constexpr):
-    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0, 0], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0, 0], kv_bar, v_smem)
-    for it in range(GROUP * n_m_tiles):
-        s = it % STAGES
-        mbarrier.wait(free_bars.index(s), ((it // STAGES) & 1) ^ 1)
-        off_h = off_hk * GROUP + it // n_m_tiles
-        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
-        mbarrier.expect(q_bars.index(s), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, start_m, 0], q_bars.index(s), q_smem.index(s))
-        mbarrier.expect(do_bars.index(s), do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, start_m, 0], do_bars.index(s), do_smem.index(s))
-
-
-@gluon.jit
 def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
                        p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, stride_lz,
                        stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
@@ -536,8 +536,8 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
     diag = N_K - N_Q
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
-    k = k_smem.reshape([BLOCK_N, HEAD_DIM])
-    v = v_smem.reshape([BLOCK_N, HEAD_DIM])
+    k = k_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
+    v = v_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
 
     mbarrier.wait(kv_bar, 0)
     for it in range(GROUP * n_m_tiles):
@@ -545,8 +545,7 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
         phase = (it // STAGES) & 1
         par = it % 2
         use = (it // 2) & 1
-        off_h = off_hk * GROUP + it // n_m_tiles
-        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         mbarrier.wait(q_bars.index(st), phase)
@@ -574,7 +573,7 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
         mbarrier.wait(pfree_bars.index(last % 2), (last // 2) & 1)
     v.store(dv.to(dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0, 0], v_smem)
+    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0, 0], v_smem.index(0))
     tma.store_wait(0)
 
 
@@ -593,8 +592,8 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
     cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
-    k = k_smem.reshape([BLOCK_N, HEAD_DIM])
-    v = v_smem.reshape([BLOCK_N, HEAD_DIM])
+    k = k_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
+    v = v_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
 
     mbarrier.wait(kv_bar, 0)
     for it in range(GROUP * n_m_tiles):
@@ -602,8 +601,7 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
         phase = (it // STAGES) & 1
         par = it % 2
         use = (it // 2) & 1
-        off_h = off_hk * GROUP + it // n_m_tiles
-        start_m = m_lo + (it % n_m_tiles) * BLOCK_M
+        off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         mbarrier.wait(do_bars.index(st), phase)
@@ -624,7 +622,7 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
     # The P warpgroup's last S^T = K Q^T has read K: its last P^T is in (this warpgroup waited for it).
     k.store((dk * sm_scale).to(dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0, 0], k_smem)
+    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0, 0], k_smem.index(0))
     tma.store_wait(0)
 
 
@@ -636,20 +634,12 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
     """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
     head). Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the others
     BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
-    n0 = gl.program_id(0) * BLOCK_N
-    off_zh = gl.program_id(1)
-    off_z = off_zh // H_KV
-    off_hk = off_zh % H_KV
-    if CAUSAL:
-        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
-    else:
-        m_lo = 0
-    n_m_tiles = gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, H_KV, N_Q, N_K, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [1] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [1] + v_desc.block_type.shape, v_desc.layout)
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype)
     p_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_N, BLOCK_M], p_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -658,11 +648,7 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     p_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     pfree_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(q_bars.index(i), count=1)
-        mbarrier.init(do_bars.index(i), count=1)
-        mbarrier.init(free_bars.index(i), count=2)  # one arrival per computing warpgroup
+    _init_bwd_barriers(kv_bar, q_bars, do_bars, free_bars, STAGES)
     for i in gl.static_range(2):
         mbarrier.init(p_bars.index(i), count=1)
         mbarrier.init(pfree_bars.index(i), count=1)
@@ -675,8 +661,8 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
             (_split_ds_partition, (dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
                                    free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q,
                                    sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
-            (_split_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
-                                     do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+            (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
+                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
         [4, 1],
         [240, 24],
