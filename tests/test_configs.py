@@ -587,7 +587,8 @@ def test_warp_specialized_dq_fits_hopper(row, causal):
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
-    """Dense fp16/bf16 attention at d128 (d64 from 4k keys) on sm_90; everything else runs the Triton forward."""
+    """Dense fp16/bf16 attention at d128 and d256 (d64 from 4k keys) on sm_90; everything else runs the Triton
+    forward."""
     from fa2dist.ops import attention
     from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_tiles
 
@@ -601,13 +602,15 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 4096, dense) and not attention._warp_specialized(q, 64, 4095, dense)
     assert ws_tiles(64, 4096) == (128, 128, 3) and ws_tiles(64, 8192) == (192, 64, 4) and ws_tiles(64, 100) is None
+    assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4)
     # The dK/dV kernels: d128, d256, and d64 causal only.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
     assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, False) == (64, 64, 2)
     assert ws_fused_dq(128, 4096) and not ws_fused_dq(128, 4095) and not ws_fused_dq(64, 16384)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
-    for head_dim in (32, 96, 256):
+    assert attention._warp_specialized(q, 256, 1, dense)
+    for head_dim in (32, 96, 160):
         assert not attention._warp_specialized(q, head_dim, 8192, dense)
     for feats in (
         attention.Features(0.125, window_left=16, window_right=0),
