@@ -750,8 +750,12 @@ def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, 
                           STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """dQ of dense attention, deterministic: each program owns BLOCK_M query rows of one head (64 per computing
     warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), batch * H). ``q_desc``, ``do_desc`` and
-    ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks."""
-    m0 = gl.program_id(0) * BLOCK_M
+    ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks. Causal grids run a head's
+    longest (last) query tiles first."""
+    if CAUSAL:
+        m0 = (gl.num_programs(0) - 1 - gl.program_id(0)) * BLOCK_M
+    else:
+        m0 = gl.program_id(0) * BLOCK_M
     off_zh = gl.program_id(1)
     off_z = off_zh // H
     off_h = off_zh % H
