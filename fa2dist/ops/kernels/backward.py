@@ -330,7 +330,10 @@ def _attn_bwd_dq_kernel(
 
     TMA: K and V are tensor descriptors over (batch, kv heads, seqlen_k, head dim), blocks (1, 1, BLOCK_N, BLOCK_D).
     """
-    start_m = tl.program_id(0) * BLOCK_M
+    start_m = tl.program_id(0)
+    if HAS_RIGHT and not HAS_LEFT:  # causal-like: a head's longest query tiles first, as in the forward
+        start_m = tl.num_programs(0) - 1 - start_m
+    start_m = start_m * BLOCK_M
     off_zh = tl.program_id(1)
     off_z = off_zh // H
     off_h = off_zh % H

@@ -242,6 +242,9 @@ def _attn_fwd_kernel(
     blocks (1, 1, tile, BLOCK_D), loaded by the copy engine; sm_90+, not with VARLEN). Rows that see no key get O = 0 and LSE = +inf, as in flash-attn.
     """
     start_m = tl.program_id(0)
+    if HAS_RIGHT and not HAS_LEFT:
+        # Causal-like: later query tiles see more keys. A head's longest tiles run first, so the grid ends on short ones.
+        start_m = tl.num_programs(0) - 1 - start_m
     off_zh = tl.program_id(1)
     off_z = off_zh // H
     off_h = off_zh % H
