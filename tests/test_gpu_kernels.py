@@ -64,6 +64,27 @@ def test_long_sequence(head_dim, causal):
     _run((1, 2, 1, 8192, 8192, head_dim), causal, torch.bfloat16, "bshd", False)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128], ids=["d64", "d128"])
+def test_batch_times_heads_past_the_grid_limit(head_dim):
+    """batch * heads = 70400, past the 65535 a launch grid's second axis may hold: the grids put heads and batch on
+    axes of their own. Forward and backward in both modes (the Triton kernels at d64 below 4k keys, the Gluon ones
+    at d128 on sm_90); samples of the batch checked against float64, sliced (heads and sequences are independent)."""
+    batch, nheads, seqlen = 1100, 64, 24
+    q, k, v = make_qkv(batch, nheads, nheads, seqlen, seqlen, head_dim, torch.bfloat16, "cuda", "bhsd", seed=11)
+    do = torch.randn_like(q)
+    picks = [0, 547, batch - 1]
+    for deterministic in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        out = fa2dist.flash_attention(*leaves, causal=True, layout="bhsd", deterministic=deterministic)
+        grads = torch.autograd.grad(out, leaves, do)
+        sliced = [t[picks] for t in (q, k, v)]
+        out64, _, grads64 = reference_with_grads(*sliced, do[picks], True, "bhsd", torch.float64)
+        outlp, _, gradslp = reference_with_grads(*sliced, do[picks], True, "bhsd", None)
+        check_against_reference("out", out[picks], out64, outlp, 2, 1e-5)
+        for name, g, g64, glp in zip(("dq", "dk", "dv"), grads, grads64, gradslp):
+            check_against_reference(name, g[picks], g64, glp, 3, 1e-5)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_deterministic_bitwise_over_five_runs(causal):
     q, k, v = make_qkv(2, 16, 16, 4096, 4096, 128, torch.bfloat16, "cuda", "bshd", seed=1)

@@ -337,7 +337,7 @@ def attn_fwd(
 
     _launch(
         _attn_fwd_kernel, (q.device, q.dtype, head_dim, feats.flags(), tma), config.forward_for(head_dim),
-        lambda t: (_cdiv(seqlen_q, t.block_m), batch * nheads), args,
+        lambda t: (_cdiv(seqlen_q, t.block_m), nheads, batch), args,
         dict(HEAD_DIM=head_dim, BLOCK_D=block_d, **feats.constexprs(), UPCAST=upcast, PRECISION=_precision(q.dtype),
              TMA=tma),
         prefit=(lambda t: _fit_fp32("forward", t, head_dim, config)) if fp32 else None,
@@ -392,8 +392,8 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     block_m, block_n, stages = ws_tiles(head_dim, seqlen_k)
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
-    attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
-        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads, nheads // nheads_kv, seqlen_q, seqlen_k,
+    attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
+        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
         num_warps=4,
     )
@@ -414,10 +414,10 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it."""
     block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
     if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
-        attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
+        attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
             *_ws_descriptors(layout, head_dim, (q, block_m), (k, block_n), (v, block_n), (do, block_m),
                              (dk, block_n), (dv, block_n)),
-            lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
+            lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
             num_warps=4,
         )
@@ -429,8 +429,8 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
         descs.append(descs[-1])  # unused
     else:  # each computing warpgroup adds half of dQ's columns
         descs += _ws_descriptors("bhsd", head_dim // 2, (dq_acc, block_m))
-    attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), batch * nheads_kv)](
-        *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads_kv, group, seqlen_q, seqlen_k,
+    attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
+        *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
         ATOMIC_DQ=dq_acc is not None, num_warps=4,
     )
@@ -442,9 +442,9 @@ def _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, g
     block_m, block_n, stages = ws_dq_tiles(head_dim)
     # Each of the two computing warpgroups loads its own block_m / 2 rows of Q and dO and stores their dQ.
     rows = block_m // 2
-    attn_bwd_dq_ws_kernel[(_cdiv(seqlen_q, block_m), batch * nheads)](
+    attn_bwd_dq_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
         *_ws_descriptors(layout, head_dim, (q, rows), (k, block_n), (v, block_n), (do, rows), (dq, rows)),
-        lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), nheads, group, seqlen_q, seqlen_k,
+        lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
         num_warps=4,
     )
@@ -512,7 +512,7 @@ def attn_bwd(
     delta = torch.empty_like(lse)
     pre_block = 64
     pre_batch, pre_len = (1, q.shape[0]) if layout == "thd" else (batch, seqlen_q)
-    _attn_bwd_preprocess_kernel[(_cdiv(pre_len, pre_block), pre_batch * nheads)](
+    _attn_bwd_preprocess_kernel[(_cdiv(pre_len, pre_block), nheads, pre_batch)](
         out, do, delta, *_strides(out, layout), *_strides(do, layout), nheads, pre_len,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
@@ -577,7 +577,7 @@ def attn_bwd(
 
     if not ws:
         _launch(
-            _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), batch * nheads_kv),
+            _attn_bwd_dkdv_kernel, key, bcfg.dkdv, lambda t: (_cdiv(seqlen_k, t.block_n), nheads_kv, batch),
             dkdv_args,
             # Every tile size is a power of two <= 256, so a multiple of 256 leaves no key block with a tail.
             dict(constexprs, ATOMIC_DQ=not deterministic, KEY_TAIL=feats.varlen or seqlen_k % 256 != 0, TMA=tma,
@@ -602,7 +602,7 @@ def attn_bwd(
             )
 
         _launch(
-            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (_cdiv(seqlen_q, t.block_m), batch * nheads), dq_args,
+            _attn_bwd_dq_kernel, key, bcfg.dq, lambda t: (_cdiv(seqlen_q, t.block_m), nheads, batch), dq_args,
             dict(constexprs, TMA=tma),
             prefit=(lambda t: _fit_fp32("dq", t, head_dim, config)) if fp32 else None,
         )

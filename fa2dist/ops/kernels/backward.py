@@ -36,11 +36,11 @@ def _attn_bwd_preprocess_kernel(
     H, N_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """delta = rowsum(O * dO) in fp32, laid out (batch, H, N_Q). Grid: (cdiv(N_Q, BLOCK_M), batch * H)."""
+    """delta = rowsum(O * dO) in fp32, laid out (batch, H, N_Q). Grid: (cdiv(N_Q, BLOCK_M), H, batch)."""
     start_m = tl.program_id(0)
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
+    off_h = tl.program_id(1)
+    off_z = tl.program_id(2)
+    off_zh = off_z * H + off_h
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
@@ -163,7 +163,7 @@ def _attn_bwd_dkdv_kernel(
 ):
     """dK and dV for one key block of one key/value head, summed over its GROUP query heads in a fixed order.
 
-    Grid: (cdiv(max seqlen_k, BLOCK_N), batch * H_KV). Constexprs as in the forward kernel, plus ATOMIC_DQ
+    Grid: (cdiv(max seqlen_k, BLOCK_N), H_KV, batch). Constexprs as in the forward kernel, plus ATOMIC_DQ
     (sequence-parallel mode: also add this block's dQ contribution into the fp32 DQ buffer with atomics) and KEY_TAIL
     (some key block may end past the sequence: a blocked-out tail whose P must not reach the atomic dQ), TMA
     (Q and DO are tensor descriptors over (batch, heads, seqlen, head dim), blocks (1, 1, BLOCK_M, BLOCK_D); sm_90+,
@@ -171,9 +171,8 @@ def _attn_bwd_dkdv_kernel(
     LSE and DELTA share the strides (stride_lz, stride_lh, 1).
     """
     start_n = tl.program_id(0) * BLOCK_N
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H_KV
-    off_hk = off_zh % H_KV
+    off_hk = tl.program_id(1)
+    off_z = tl.program_id(2)
     H = H_KV * GROUP
 
     if VARLEN:
@@ -326,7 +325,7 @@ def _attn_bwd_dq_kernel(
     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):
-    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H).
+    """dQ for one query block of one head (deterministic mode). Grid: (cdiv(max seqlen_q, BLOCK_M), H, batch).
 
     TMA: K and V are tensor descriptors over (batch, kv heads, seqlen_k, head dim), blocks (1, 1, BLOCK_N, BLOCK_D).
     """
@@ -334,9 +333,9 @@ def _attn_bwd_dq_kernel(
     if HAS_RIGHT and not HAS_LEFT:  # causal-like: a head's longest query tiles first, as in the forward
         start_m = tl.num_programs(0) - 1 - start_m
     start_m = start_m * BLOCK_M
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
+    off_h = tl.program_id(1)
+    off_z = tl.program_id(2)
+    off_zh = off_z * H + off_h
     off_hk = off_h // GROUP
 
     if VARLEN:

@@ -232,7 +232,7 @@ def _attn_fwd_kernel(
 ):
     """Forward attention: O = softmax(scores) V and LSE (natural log, fp32).
 
-    Grid: (cdiv(max seqlen_q, BLOCK_M), batch * H). Query head h reads key/value head h // GROUP (GQA/MQA).
+    Grid: (cdiv(max seqlen_q, BLOCK_M), H, batch). Query head h reads key/value head h // GROUP (GQA/MQA).
     Constexprs: HEAD_DIM (true head dim), BLOCK_D (next power of two), BLOCK_M, BLOCK_N (tile sizes), VARLEN
     (sequence starts and lengths from CU_Q/CU_K; N_Q/N_K are then unused), HAS_LEFT/HAS_RIGHT (window bounds
     win_l/win_r; causal is HAS_RIGHT with win_r = 0), SOFTCAP (cap_in = scale / softcap, cap_out = softcap *
@@ -245,9 +245,9 @@ def _attn_fwd_kernel(
     if HAS_RIGHT and not HAS_LEFT:
         # Causal-like: later query tiles see more keys. A head's longest tiles run first, so the grid ends on short ones.
         start_m = tl.num_programs(0) - 1 - start_m
-    off_zh = tl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
+    off_h = tl.program_id(1)
+    off_z = tl.program_id(2)
+    off_zh = off_z * H + off_h
     off_hk = off_h // GROUP
 
     if VARLEN:

@@ -178,10 +178,10 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
 
 
 @gluon.jit
-def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, H, GROUP, N_Q, N_K,
+def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, GROUP, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr):
-    """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), batch * H); causal grids run
+    """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch); causal grids run
     their longest query tiles first. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup),
     ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide
     blocks. BLOCK_M is 128 or 192."""
@@ -189,9 +189,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
         start_m = gl.num_programs(0) - 1 - gl.program_id(0)
     else:
         start_m = gl.program_id(0)
-    off_zh = gl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
+    off_h = gl.program_id(1)
+    off_z = gl.program_id(2)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
     diag = N_K - N_Q
@@ -308,17 +307,18 @@ def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
 
 
 @gluon.jit
-def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, H_KV, N_Q, N_K, CAUSAL: gl.constexpr):
+def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, N_Q, N_K, CAUSAL: gl.constexpr):
     """A dK/dV program's keys and query range: (n0, off_z, off_hk, m_lo, n_m_tiles). Grid: (cdiv(N_K, BLOCK_N),
-    batch * H_KV)."""
+    key/value heads, batch)."""
     n0 = gl.program_id(0) * BLOCK_N
-    off_zh = gl.program_id(1)
+    off_hk = gl.program_id(1)
+    off_z = gl.program_id(2)
     if CAUSAL:
         # Query row i sees key j iff j <= i + N_K - N_Q: rows before this program's first key minus diag see none.
         m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
     else:
         m_lo = 0
-    return n0, off_zh // H_KV, off_zh % H_KV, m_lo, gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+    return n0, off_z, off_hk, m_lo, gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
 
 
 @gluon.jit
@@ -457,18 +457,18 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
 
 @gluon.jit
 def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, LSE, DELTA, sm_scale,
-                            stride_lz, stride_lh, H_KV, GROUP, N_Q, N_K,
+                            stride_lz, stride_lh, GROUP, N_Q, N_K,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
     BLOCK_M rows and HEAD_DIM / 2 columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
     unused.
-    Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
+    Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
     ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
     like LSE."""
     WG_N: gl.constexpr = BLOCK_N // 2
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, H_KV, N_Q, N_K, CAUSAL)
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -631,13 +631,13 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
 
 @gluon.jit
 def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
-                               stride_lz, stride_lh, H_KV, GROUP, N_Q, N_K,
+                               stride_lz, stride_lh, GROUP, N_Q, N_K,
                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                                STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
-    head). Grid: (cdiv(N_K, BLOCK_N), batch * H_KV). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the others
+    head). Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the others
     BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, H_KV, N_Q, N_K, CAUSAL)
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -745,20 +745,19 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
 
 
 @gluon.jit
-def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, sm_scale, stride_lz, stride_lh, H,
+def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, sm_scale, stride_lz, stride_lh,
                           GROUP, N_Q, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                           STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """dQ of dense attention, deterministic: each program owns BLOCK_M query rows of one head (64 per computing
-    warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), batch * H). ``q_desc``, ``do_desc`` and
+    warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), heads, batch). ``q_desc``, ``do_desc`` and
     ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks. Causal grids run a head's
     longest (last) query tiles first."""
     if CAUSAL:
         m0 = (gl.num_programs(0) - 1 - gl.program_id(0)) * BLOCK_M
     else:
         m0 = gl.program_id(0) * BLOCK_M
-    off_zh = gl.program_id(1)
-    off_z = off_zh // H
-    off_h = off_zh % H
+    off_h = gl.program_id(1)
+    off_z = gl.program_id(2)
     off_hk = off_h // GROUP
     if CAUSAL:
         n_hi = gl.minimum(N_K, gl.maximum(m0 + BLOCK_M + N_K - N_Q, 0))
