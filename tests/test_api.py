@@ -31,6 +31,7 @@ def qkv(b=1, s=8, h=2, hk=2, d=16, dtype=torch.float32, sk=None):
         (lambda: (qkv()[0], qkv()[1].to("meta"), qkv()[2]), ValueError, ["one device", "k=meta"]),
         (lambda: qkv(d=264), ValueError, ["head dim 264", "16-256"]),
         (lambda: qkv(d=8), ValueError, ["head dim 8"]),
+        (lambda: qkv(b=65536, s=1, h=1, hk=1), ValueError, ["batch 65536", "at most 65535", "split the batch"]),
         (lambda: ([[1.0]], *qkv()[1:]), TypeError, ["`q` must be a torch.Tensor"]),
     ],
 )

@@ -139,6 +139,7 @@ def test_bad_feature_arguments_name_the_argument(change, error, words):
         (4, torch.tensor([0, 4, 11], dtype=torch.int32), ValueError, ["cu_seqlens_k", "end at most"]),
         (4, torch.tensor([0, 5, 4, 10], dtype=torch.int32), ValueError, ["cu_seqlens_k", "never decrease"]),
         (3, torch.tensor([0, 10], dtype=torch.int32), ValueError, ["same number of sequences"]),
+        (3, torch.zeros(65537, dtype=torch.int32), ValueError, ["65536 sequences", "at most 65535"]),
         (5, 6.0, TypeError, ["max_seqlen_q=6.0", "int"]),
     ],
 )

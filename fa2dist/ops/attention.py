@@ -50,6 +50,9 @@ from fa2dist.ops.reference import attention_reference, varlen_reference
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LAYOUTS = ("bshd", "bhsd")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: The most programs a CUDA launch grid holds on its second and third axes: the kernels' grids are (tiles, heads,
+#: batch), so batch and heads (and the sequences of a packed batch) are each bounded by it.
+MAX_GRID_AXIS = 65535
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,6 +108,11 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str
     if hk == 0 or hq % hk != 0:
         raise ValueError(
             f"nheads of q ({hq}) must be a multiple of nheads of k/v ({hk}) for grouped-query attention."
+        )
+    if q.shape[0] > MAX_GRID_AXIS or hq > MAX_GRID_AXIS:
+        raise ValueError(
+            f"batch {q.shape[0]} and nheads {hq}: each must be at most {MAX_GRID_AXIS} (the kernels launch one grid "
+            "axis per batch and per head); split the batch into several calls."
         )
 
 
@@ -915,6 +923,11 @@ def _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
                     f"`{name}` must start at 0, never decrease, and end at most at the {total} packed tokens; "
                     f"got {cu.tolist()}."
                 )
+    if cu_seqlens_q.numel() - 1 > MAX_GRID_AXIS:
+        raise ValueError(
+            f"`cu_seqlens_q` describes {cu_seqlens_q.numel() - 1} sequences: at most {MAX_GRID_AXIS} per call (the "
+            "kernels launch one grid axis over them); split the packed batch into several calls."
+        )
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(
             f"`cu_seqlens_q` and `cu_seqlens_k` must describe the same number of sequences, got "
