@@ -243,7 +243,7 @@ def _attn_fwd_kernel(
     """
     start_m = tl.program_id(0)
     if HAS_RIGHT and not HAS_LEFT:
-        # Causal-like: later query tiles see more keys. A head's longest tiles run first, so the grid ends on short ones.
+        # Causal-like: later query tiles see more keys. A head's longest tiles run first: its last ones are short.
         start_m = tl.num_programs(0) - 1 - start_m
     off_h = tl.program_id(1)
     off_z = tl.program_id(2)

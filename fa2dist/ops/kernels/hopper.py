@@ -464,9 +464,9 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
     BLOCK_M rows and HEAD_DIM / 2 columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
     unused.
-    Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``, ``v_desc``,
-    ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO), laid out
-    like LSE."""
+    Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``,
+    ``v_desc``, ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO),
+    laid out like LSE."""
     WG_N: gl.constexpr = BLOCK_N // 2
     n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
 
@@ -635,8 +635,8 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                                STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
-    head). Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the others
-    BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
+    head). Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the
+    others BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
     n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)

@@ -1,5 +1,8 @@
-"""Forward A/B on the H100: the warp-specialised forward at d64/d128 with EXP2_FMA 0/1/2 (of each 4 exponentials,
-that many on the FMA pipe) and at d256 with candidate tiles, against the Triton forward, SDPA flash and cuDNN."""
+"""Kept as run (H100, 2026-11-26): forward A/B of the persistent kernel (persistent_kernel.patch, applied to
+fa2dist/ops/kernels/hopper.py) against the committed kernel (a copy of it imported as hopper_head), with a float64
+correctness scan first. An earlier form of this script (the exponentials on the FMA pipe, ../exp2_fma/) passed an
+EXP2_FMA setting instead of the grid. Imports its helpers (ws_bench: descriptors, reference) from a scratch folder.
+Not maintained."""
 import json, math, os, sys, itertools
 sys.path.insert(0, os.getcwd()); sys.path.append(os.path.join(os.getcwd(), "ab_old"))
 import torch, triton
