@@ -22,6 +22,7 @@ from fa2dist.ops.kernels.forward import (
     _key_ranges,
     _lse_log2,
     _prob,
+    _query_program,
     _row_ptrs,
     _scores,
     _visible,
@@ -329,12 +330,8 @@ def _attn_bwd_dq_kernel(
 
     TMA: K and V are tensor descriptors over (batch, kv heads, seqlen_k, head dim), blocks (1, 1, BLOCK_N, BLOCK_D).
     """
-    start_m = tl.program_id(0)
-    if HAS_RIGHT and not HAS_LEFT:  # causal-like: a head's longest query tiles first, as in the forward
-        start_m = tl.num_programs(0) - 1 - start_m
+    start_m, off_z, off_h = _query_program(HAS_LEFT, HAS_RIGHT)
     start_m = start_m * BLOCK_M
-    off_h = tl.program_id(1)
-    off_z = tl.program_id(2)
     off_zh = off_z * H + off_h
     off_hk = off_h // GROUP
 

@@ -119,6 +119,17 @@ def _visible(i, j, N_K, diag, win_l, win_r, HAS_LEFT: tl.constexpr, HAS_RIGHT: t
 
 
 @triton.jit
+def _query_program(HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """(query tile, batch, head) of a program of a query-tiled grid (cdiv(seqlen_q, BLOCK_M), heads, batch). With a
+    right window and no left one (causal-like), later tiles see more keys: a head's longest tiles run first, so the
+    last ones launched are short."""
+    start_m = tl.program_id(0)
+    if HAS_RIGHT and not HAS_LEFT:
+        start_m = tl.num_programs(0) - 1 - start_m
+    return start_m, tl.program_id(2), tl.program_id(1)
+
+
+@triton.jit
 def _dropout_keep(seed, bh, i, j, dropout_p):
     """Keep mask of dropout for rows ``i`` and columns ``j`` of score matrix ``bh``: P(keep) = 1 - dropout_p."""
     zero = (i * 0 + j * 0).to(tl.uint32)
@@ -241,12 +252,7 @@ def _attn_fwd_kernel(
     tile along that axis), TMA (Q, K, V, O are 4-D tensor descriptors over (batch, heads, seqlen, head dim) with
     blocks (1, 1, tile, BLOCK_D), loaded by the copy engine; sm_90+, not with VARLEN). Rows that see no key get O = 0 and LSE = +inf, as in flash-attn.
     """
-    start_m = tl.program_id(0)
-    if HAS_RIGHT and not HAS_LEFT:
-        # Causal-like: later query tiles see more keys. A head's longest tiles run first: its last ones are short.
-        start_m = tl.num_programs(0) - 1 - start_m
-    off_h = tl.program_id(1)
-    off_z = tl.program_id(2)
+    start_m, off_z, off_h = _query_program(HAS_LEFT, HAS_RIGHT)
     off_zh = off_z * H + off_h
     off_hk = off_h // GROUP
 

@@ -70,6 +70,18 @@ LN2 = gl.constexpr(0.6931471805599453)
 
 
 @gluon.jit
+def _query_program(CAUSAL: gl.constexpr):
+    """(query tile, batch, head) of a program of the forward's or the dQ pass's grid (cdiv(N_Q, BLOCK_M), heads,
+    batch). Causal: later tiles see more keys, so a head's longest tiles run first and the last ones launched are
+    short."""
+    if CAUSAL:
+        start_m = gl.num_programs(0) - 1 - gl.program_id(0)
+    else:
+        start_m = gl.program_id(0)
+    return start_m, gl.program_id(2), gl.program_id(1)
+
+
+@gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
                     off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     NUM_WG: gl.constexpr = q_smem.shape[0]
@@ -185,12 +197,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
     their longest query tiles first. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup),
     ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide
     blocks. BLOCK_M is 128 or 192."""
-    if CAUSAL:
-        start_m = gl.num_programs(0) - 1 - gl.program_id(0)
-    else:
-        start_m = gl.program_id(0)
-    off_h = gl.program_id(1)
-    off_z = gl.program_id(2)
+    start_m, off_z, off_h = _query_program(CAUSAL)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
     diag = N_K - N_Q
@@ -752,12 +759,8 @@ def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, 
     warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), heads, batch). ``q_desc``, ``do_desc`` and
     ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks. Causal grids run a head's
     longest (last) query tiles first."""
-    if CAUSAL:
-        m0 = (gl.num_programs(0) - 1 - gl.program_id(0)) * BLOCK_M
-    else:
-        m0 = gl.program_id(0) * BLOCK_M
-    off_h = gl.program_id(1)
-    off_z = gl.program_id(2)
+    start_m, off_z, off_h = _query_program(CAUSAL)
+    m0 = start_m * BLOCK_M
     off_hk = off_h // GROUP
     if CAUSAL:
         n_hi = gl.minimum(N_K, gl.maximum(m0 + BLOCK_M + N_K - N_Q, 0))
