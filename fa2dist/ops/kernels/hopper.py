@@ -9,7 +9,8 @@ roles themselves (as FlashAttention-3 does):
 - two or three **compute partitions** (one warpgroup each) issue the asynchronous warpgroup MMAs and the softmax
   work, each at its own pace. In the forward each owns 64 query rows: it issues tile j's q.k product, then tile
   j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers; the exponent
-  is one FMA, exp2(s * scale - max)). The backward kernels are described above each one.
+  is one FMA, exp2(s * scale - max)). Causal: each warpgroup stops at the last key tile its own rows see (the
+  program loads those of its last rows). The backward kernels are described above each one.
 
 Dense attention only (causal or not, bottom-right aligned as the portable kernels), fp16/bf16, a positive softmax
 scale, the head dims and lengths of the tables below, 4-D tensor descriptors over (batch, heads, seqlen, head dim):
@@ -123,9 +124,9 @@ def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUS
 
 @gluon.jit
 def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                       off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset,
-                       WG_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
+                       off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M: gl.constexpr,
+                       BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                       WG: gl.constexpr):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of the tile, one warpgroup: from its Q buffer to O and LSE."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -140,6 +141,15 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     rows = m_wg + gl.arange(0, WG_M, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     diag = N_K - N_Q
+    if CAUSAL:
+        # The program loads the keys its last rows see; with tiles narrower than the program, the last of them may
+        # lie wholly past this warpgroup's rows (skipped below). From tile first_masked on, a tile crosses the
+        # diagonal (or the end of the keys) for some row of this warpgroup.
+        n_own = gl.cdiv(gl.minimum(gl.maximum(m_wg + WG_M + diag, 0), N_K), BLOCK_N)
+        first_masked = gl.minimum(gl.maximum(m_wg + diag + 1, 0) // BLOCK_N, N_K // BLOCK_N)
+    else:
+        n_own = n_tiles
+        first_masked = N_K // BLOCK_N
     m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
@@ -148,13 +158,13 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
 
     # Wait for Q even when no key is visible: its buffer stages the output below.
     mbarrier.wait(q_bar, 0)
-    if n_tiles > 0:
+    if n_own > 0:
         mbarrier.wait(k_bars.index(0), 0)
         s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
-        for i in range(1, n_tiles):
+        for i in range(1, n_own):
             st = i % STAGES
             prev = (i - 1) % STAGES
             # Tile i's scores ...
@@ -171,11 +181,19 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(free_bars.index(prev))
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-        last = (n_tiles - 1) % STAGES
-        mbarrier.wait(v_bars.index(last), ((n_tiles - 1) // STAGES) & 1)
+        last = (n_own - 1) % STAGES
+        mbarrier.wait(v_bars.index(last), ((n_own - 1) // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
                             v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(free_bars.index(last))
+    if CAUSAL:
+        # The tiles past this warpgroup's rows: free their buffers once they have landed (arriving before would
+        # count towards the buffer's previous use).
+        for i in range(n_own, n_tiles):
+            mbarrier.wait(k_bars.index(i % STAGES), (i // STAGES) & 1)
+            mbarrier.wait(v_bars.index(i % STAGES), (i // STAGES) & 1)
+            mbarrier.arrive(free_bars.index(i % STAGES))
 
     empty = l_i == 0.0
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
@@ -204,11 +222,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
 
     if CAUSAL:
         hi = gl.minimum(gl.maximum(m0 + BLOCK_M + diag, 0), N_K)
-        # Tiles from here on cross the diagonal (or the end of the keys) for some row of this query tile.
-        first_masked = gl.minimum(gl.maximum(m0 + diag + 1, 0) // BLOCK_N, N_K // BLOCK_N)
     else:
         hi = N_K
-        first_masked = N_K // BLOCK_N
     n_tiles = gl.cdiv(hi, BLOCK_N)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M // 64] + q_desc.block_type.shape, q_desc.layout)
@@ -233,10 +248,10 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
                                       BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
                                       BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
                                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
@@ -248,13 +263,13 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
                                       BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
                                       BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, first_masked, N_Q, N_K, qk_scale, lse_offset, WG_M,
+                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
                                       BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 2)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
                                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
@@ -718,13 +733,17 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
     delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
     diag = N_K - N_Q
+    if CAUSAL:  # the key tiles wholly past this warpgroup's rows are skipped (below), as in the forward
+        n_own = gl.cdiv(gl.minimum(gl.maximum(m0 + (WG + 1) * WG_M + diag, 0), N_K), BLOCK_N)
+    else:
+        n_own = n_tiles
     dq = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
     q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
     do = do_smem.index(WG).reshape([WG_M, HEAD_DIM])
 
     mbarrier.wait(qdo_bar, 0)
-    for j in range(n_tiles):
+    for j in range(n_own):
         st = j % STAGES
         phase = (j // STAGES) & 1
         k = k_smem.index(st).reshape([BLOCK_N, HEAD_DIM])
@@ -743,6 +762,11 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
         dq = warpgroup_mma(gl.convert_layout(ds, a_layout), k, dq, is_async=True)
         dq = warpgroup_mma_wait(0, deps=(dq,))
         mbarrier.arrive(free_bars.index(st))
+    if CAUSAL:
+        for j in range(n_own, n_tiles):  # free their buffers once they have landed
+            mbarrier.wait(k_bars.index(j % STAGES), (j // STAGES) & 1)
+            mbarrier.wait(v_bars.index(j % STAGES), (j // STAGES) & 1)
+            mbarrier.arrive(free_bars.index(j % STAGES))
 
     # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped).
     q.store((dq * sm_scale).to(dtype))
