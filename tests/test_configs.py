@@ -587,7 +587,7 @@ def test_warp_specialized_dq_fits_hopper(row, causal):
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
-    """Dense fp16/bf16 attention at d128 and d256 (d64 from 4k keys) on sm_90; everything else runs the Triton
+    """Dense fp16/bf16 attention at d128 and d256 (d64 from 2k keys) on sm_90; everything else runs the Triton
     forward."""
     from fa2dist.ops import attention
     from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_tiles
@@ -600,8 +600,8 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     dense = attention.Features(0.125)
     causal = attention.Features(0.125, window_right=0)
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
-    assert attention._warp_specialized(q, 64, 4096, dense) and not attention._warp_specialized(q, 64, 4095, dense)
-    assert ws_tiles(64, 4096) == (128, 128, 3) and ws_tiles(64, 8192) == (192, 64, 4) and ws_tiles(64, 100) is None
+    assert attention._warp_specialized(q, 64, 2048, dense) and not attention._warp_specialized(q, 64, 2047, dense)
+    assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 64, 4) and ws_tiles(64, 100) is None
     assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4)
     # The dK/dV kernels: d128, d256, and d64 causal only.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)

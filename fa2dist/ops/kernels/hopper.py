@@ -36,14 +36,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws, h200-2026-11-26-ws): at d128, 128x128
 #: with 3 stages was fastest at every length (224 KiB of shared memory, of sm_90's 227 KiB); 2 stages (10-15%),
 #: 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to +1%) were not faster. At d64 the
-#: kernel beats the Triton forward from 4k keys (128x128: +5-9% at 4k; 192x64: +11-15% at 16k) but not at 1k
-#: (-7% causal), so shorter d64 calls keep the Triton forward. The 8k switch to 192-row tiles lies between the two
-#: measured lengths (4k, 16k); 8k itself was not timed. At d256 (benchmarks/results/h100-2026-11-26-fwd256), 128x32
-#: with 4 stages (192 KiB) against the Triton forward: +30-45% at 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at
-#: 16k without a mask, over two runs; 128x64 with 2 stages and 128x32 with 3 or 5 were not faster.
+#: kernel with 192x64 tiles and 4 stages beats the Triton forward from 2k keys (kernel time from CUDA-graph replays,
+#: benchmarks/results/h100-2026-11-26-skip, after causal warpgroups began to stop at their own last tile: +3-10% at
+#: 2k, level without a mask and +1-4% causal against 128x128 at 4k, +1-5% against 128x128 at 8k) but not at 1k
+#: (128x128: +3% without a mask, -7% causal), so shorter d64 calls keep the Triton forward. At d256
+#: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
+#: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
+#: 128x32 with 3 or 5 were not faster.
 WS_TILES = (
-    (64, 4096, (128, 128, 3)),
-    (64, 8192, (192, 64, 4)),
+    (64, 2048, (192, 64, 4)),
     (128, 0, (128, 128, 3)),
     (256, 0, (128, 32, 4)),
 )
