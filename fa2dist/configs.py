@@ -127,7 +127,7 @@ class KernelsConfig:
         tma: load the forward's tiles with tensor descriptors (the Tensor Memory Accelerator, sm_90 and newer) for
             dense fp16/bf16 inputs with 16-byte aligned strides; other calls run the pointer-load kernel.
         warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16) at the head dims
-            and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d128, d256; d64 from 2k keys) in the
+            and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d64, d128, d256) in the
             warp-specialised Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead
             of the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d128, d256; d64 causal) and dQ at
             ``hopper.WS_BWD_DQ`` (d128, d256) in warp-specialised kernels without atomics, in both modes; the

@@ -67,8 +67,8 @@ def test_long_sequence(head_dim, causal):
 @pytest.mark.parametrize("head_dim", [64, 128], ids=["d64", "d128"])
 def test_batch_times_heads_past_the_grid_limit(head_dim):
     """batch * heads = 70400, past the 65535 a launch grid's second axis may hold: the grids put heads and batch on
-    axes of their own. Forward and backward in both modes (the Triton kernels at d64 below 2k keys, the Gluon ones
-    at d128 on sm_90); samples of the batch checked against float64, sliced (heads and sequences are independent)."""
+    axes of their own. Forward and backward in both modes (on sm_90 the Gluon forward, at d64 two programs per SM);
+    samples of the batch checked against float64, sliced (heads and sequences are independent)."""
     batch, nheads, seqlen = 1100, 64, 24
     q, k, v = make_qkv(batch, nheads, nheads, seqlen, seqlen, head_dim, torch.bfloat16, "cuda", "bhsd", seed=11)
     do = torch.randn_like(q)
@@ -109,6 +109,9 @@ WS_SHAPES = [
     (1, 4, 4, 1, 77, 128),
     (1, 2, 1, 129, 1031, 128),
     (2, 8, 8, 4096, 4096, 128),
+    (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: two programs per SM
+    (1, 2, 2, 300, 64, 64),
+    (1, 3, 3, 1, 1031, 64),
     (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys: 192-row tiles (three computing warpgroups)
     (1, 2, 2, 2050, 2050, 64),
     (1, 2, 2, 8200, 8200, 64),
@@ -155,8 +158,8 @@ def test_warp_specialized_forward(causal, dtype, monkeypatch):
     n_calls = len(calls)
     for kwargs in (dict(window_size=(32, 0)), dict(softcap=20.0), dict(dropout_p=0.1)):
         fa2dist.flash_attention(q, k, v, causal=causal, **kwargs)
-    for head_dim in (64, 96):  # d64: too few keys
-        fa2dist.flash_attention(*make_qkv(1, 4, 4, 256, 256, head_dim, dtype, "cuda", "bshd", 0), causal=causal)
+    # A head dim without Gluon tiles.
+    fa2dist.flash_attention(*make_qkv(1, 4, 4, 256, 256, 96, dtype, "cuda", "bshd", 0), causal=causal)
     assert len(calls) == n_calls
 
 

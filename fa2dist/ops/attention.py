@@ -30,6 +30,7 @@ try:
         ws_bwd_tiles,
         ws_dq_tiles,
         ws_fused_dq,
+        ws_launch_options,
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
@@ -397,13 +398,13 @@ def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
 
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
-    block_m, block_n, stages = ws_tiles(head_dim, seqlen_k)
+    block_m, block_n, stages, ctas = ws_tiles(head_dim, seqlen_k)
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
         *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        num_warps=4,
+        num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
 

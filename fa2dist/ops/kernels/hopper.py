@@ -31,27 +31,41 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-#: (head dim, shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES)): the calls this kernel runs, and its tiles (the last
-#: matching row wins). BLOCK_M is 64 rows per computing warpgroup: 128 (two) or 192 (three). Timed on an H100 and an
-#: H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws, h200-2026-11-26-ws): at d128, 128x128
-#: with 3 stages was fastest at every length (224 KiB of shared memory, of sm_90's 227 KiB); 2 stages (10-15%),
-#: 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to +1%) were not faster. At d64 the
-#: kernel with 192x64 tiles and 4 stages beats the Triton forward from 2k keys (kernel time from CUDA-graph replays,
-#: benchmarks/results/h100-2026-11-26-skip, after causal warpgroups began to stop at their own last tile: +3-10% at
-#: 2k, level without a mask and +1-4% causal against 128x128 at 4k, +1-5% against 128x128 at 8k) but not at 1k
-#: (128x128: +3% without a mask, -7% causal), so shorter d64 calls keep the Triton forward. At d256
+#: (head dim, shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES, CTAS)): the calls this kernel runs, its tiles and the
+#: programs an SM runs at once (the last matching row wins). BLOCK_M is 64 rows per computing warpgroup: 128 (two) or
+#: 192 (three). CTAS 2 launches each program with few enough registers that two fit on an SM (``ws_launch_options``).
+#: Timed on an H100 and an H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws,
+#: h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest at every length (224 KiB of shared memory, of
+#: sm_90's 227 KiB); 2 stages (10-15%), 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to
+#: +1%) were not faster. At d64 (kernel time from CUDA-graph replays, benchmarks/results/h100-2026-11-26-skip, after
+#: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x64 tiles with 4 stages
+#: (against the Triton forward +3-10% at 2k; against 128x128 tiles level to +4% at 4k, +1-5% at 8k); below 2k two
+#: programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +10-13% at 1k without a mask, +15-17%
+#: causal; against one 192-row program -2% to -5% at 2k without a mask, 5-10% slower from 4k). At d256
 #: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
 #: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
 #: 128x32 with 3 or 5 were not faster.
 WS_TILES = (
-    (64, 2048, (192, 64, 4)),
-    (128, 0, (128, 128, 3)),
-    (256, 0, (128, 32, 4)),
+    (64, 0, (128, 64, 3, 2)),
+    (64, 2048, (192, 64, 4, 1)),
+    (128, 0, (128, 128, 3, 1)),
+    (256, 0, (128, 32, 4, 1)),
 )
 
 
-def ws_tiles(head_dim: int, seqlen_k: int) -> tuple[int, int, int] | None:
-    """The tiles for this call, or None where it runs the Triton forward."""
+def ws_launch_options(block_m: int, ctas: int) -> dict:
+    """The forward's register split: with two programs per SM every thread starts with at most 80 registers (a
+    program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second computing
+    warpgroup then takes 112, the first the 104 left after the loading warp's 24. Otherwise 240 for each of two
+    computing warpgroups (160 for each of three)."""
+    if ctas == 2:
+        assert block_m == 128, "two programs per SM are written for two computing warpgroups"
+        return dict(REGS=112, maxnreg=80)
+    return dict(REGS=240 if block_m == 128 else 160)
+
+
+def ws_tiles(head_dim: int, seqlen_k: int) -> tuple[int, int, int, int] | None:
+    """The tiles (BLOCK_M, BLOCK_N, STAGES, CTAS) for this call, or None where it runs the Triton forward."""
     tiles = None
     for dim, shortest, row in WS_TILES:
         if dim == head_dim and seqlen_k >= shortest:
@@ -211,11 +225,12 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
 @gluon.jit
 def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, GROUP, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch); causal grids run
     their longest query tiles first. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup),
     ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide
-    blocks. BLOCK_M is 128 or 192."""
+    blocks. BLOCK_M is 128 or 192; REGS the registers of each computing warpgroup past the first
+    (``ws_launch_options``)."""
     start_m, off_z, off_h = _query_program(CAUSAL)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
@@ -258,7 +273,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
                                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
             ],
             [4, 1],
-            [240, 24],
+            [REGS, 24],
         )
     else:
         gl.warp_specialize(
@@ -276,7 +291,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
                                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
             ],
             [4, 4, 1],
-            [160, 160, 24],
+            [REGS, REGS, 24],
         )
 
 
