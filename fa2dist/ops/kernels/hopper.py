@@ -40,8 +40,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: +1%) were not faster. At d64 (kernel time from CUDA-graph replays, benchmarks/results/h100-2026-11-26-skip, after
 #: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x64 tiles with 4 stages
 #: (against the Triton forward +3-10% at 2k; against 128x128 tiles level to +4% at 4k, +1-5% at 8k); below 2k two
-#: programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +10-13% at 1k without a mask, +15-17%
-#: causal; against one 192-row program -2% to -5% at 2k without a mask, 5-10% slower from 4k). At d256
+#: programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +7-10% at 1k without a mask, +14-17%
+#: causal; against one 192-row program -2% to -5% at 2k without a mask, level to 11% slower from 4k). At d256
 #: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
 #: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
 #: 128x32 with 3 or 5 were not faster.
