@@ -537,6 +537,7 @@ def _compile_sm90(kernel, constexprs: dict, types: dict, compute_regs: str = "24
 
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    constexprs = dict(constexprs)
     launch = {k: constexprs.pop(k) for k in ("maxnreg",) if k in constexprs}
     signature = {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.arg_names}
     compiled = triton.compile(

@@ -117,6 +117,16 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bar
 
 
 @gluon.jit
+def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr):
+    """A causal warpgroup's key tiles ``start`` to ``stop``, wholly past its rows: free their buffers once they have
+    landed (arriving before would count towards the buffer's previous use)."""
+    for i in range(start, stop):
+        mbarrier.wait(k_bars.index(i % STAGES), (i // STAGES) & 1)
+        mbarrier.wait(v_bars.index(i % STAGES), (i // STAGES) & 1)
+        mbarrier.arrive(free_bars.index(i % STAGES))
+
+
+@gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr):
     """One tile's online-softmax step on raw q.k scores (row max ``m_i`` in scaled log2 units, ``qk_scale`` > 0):
     (P, new row max, new row sum, rescale of the old output). P = exp2(s * scale - m), one FMA per score."""
@@ -203,12 +213,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(free_bars.index(last))
     if CAUSAL:
-        # The tiles past this warpgroup's rows: free their buffers once they have landed (arriving before would
-        # count towards the buffer's previous use).
-        for i in range(n_own, n_tiles):
-            mbarrier.wait(k_bars.index(i % STAGES), (i // STAGES) & 1)
-            mbarrier.wait(v_bars.index(i % STAGES), (i // STAGES) & 1)
-            mbarrier.arrive(free_bars.index(i % STAGES))
+        _release_tiles(k_bars, v_bars, free_bars, n_own, n_tiles, STAGES)
 
     empty = l_i == 0.0
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
@@ -779,10 +784,7 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
         dq = warpgroup_mma_wait(0, deps=(dq,))
         mbarrier.arrive(free_bars.index(st))
     if CAUSAL:
-        for j in range(n_own, n_tiles):  # free their buffers once they have landed
-            mbarrier.wait(k_bars.index(j % STAGES), (j // STAGES) & 1)
-            mbarrier.wait(v_bars.index(j % STAGES), (j // STAGES) & 1)
-            mbarrier.arrive(free_bars.index(j % STAGES))
+        _release_tiles(k_bars, v_bars, free_bars, n_own, n_tiles, STAGES)
 
     # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped).
     q.store((dq * sm_scale).to(dtype))
