@@ -117,6 +117,17 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bar
 
 
 @gluon.jit
+def _key_tiles(rows_end, diag, N_K, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """The BLOCK_N-key tiles that query rows before ``rows_end`` see: all of them, or, causal, up to the diagonal of
+    the last of those rows (``diag`` = N_K - N_Q)."""
+    if CAUSAL:
+        hi = gl.minimum(gl.maximum(rows_end + diag, 0), N_K)
+    else:
+        hi = N_K
+    return gl.cdiv(hi, BLOCK_N)
+
+
+@gluon.jit
 def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr):
     """A causal warpgroup's key tiles ``start`` to ``stop``, wholly past its rows: free their buffers once they have
     landed (arriving before would count towards the buffer's previous use)."""
@@ -166,14 +177,13 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     rows = m_wg + gl.arange(0, WG_M, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     diag = N_K - N_Q
+    # The program loads the keys its last rows see; causal, with tiles narrower than the program, the last of them
+    # may lie wholly past this warpgroup's rows (skipped below). From tile first_masked on, a tile crosses the
+    # diagonal (or the end of the keys) for some row of this warpgroup.
+    n_own = _key_tiles(m_wg + WG_M, diag, N_K, BLOCK_N, CAUSAL)
     if CAUSAL:
-        # The program loads the keys its last rows see; with tiles narrower than the program, the last of them may
-        # lie wholly past this warpgroup's rows (skipped below). From tile first_masked on, a tile crosses the
-        # diagonal (or the end of the keys) for some row of this warpgroup.
-        n_own = gl.cdiv(gl.minimum(gl.maximum(m_wg + WG_M + diag, 0), N_K), BLOCK_N)
         first_masked = gl.minimum(gl.maximum(m_wg + diag + 1, 0) // BLOCK_N, N_K // BLOCK_N)
     else:
-        n_own = n_tiles
         first_masked = N_K // BLOCK_N
     m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
@@ -239,13 +249,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
     start_m, off_z, off_h = _query_program(CAUSAL)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
-    diag = N_K - N_Q
-
-    if CAUSAL:
-        hi = gl.minimum(gl.maximum(m0 + BLOCK_M + diag, 0), N_K)
-    else:
-        hi = N_K
-    n_tiles = gl.cdiv(hi, BLOCK_N)
+    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M // 64] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -754,10 +758,8 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
     delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
     diag = N_K - N_Q
-    if CAUSAL:  # the key tiles wholly past this warpgroup's rows are skipped (below), as in the forward
-        n_own = gl.cdiv(gl.minimum(gl.maximum(m0 + (WG + 1) * WG_M + diag, 0), N_K), BLOCK_N)
-    else:
-        n_own = n_tiles
+    # Causal: the key tiles wholly past this warpgroup's rows are skipped (below), as in the forward.
+    n_own = _key_tiles(m0 + (WG + 1) * WG_M, diag, N_K, BLOCK_N, CAUSAL)
     dq = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
     q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
@@ -804,11 +806,7 @@ def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, 
     start_m, off_z, off_h = _query_program(CAUSAL)
     m0 = start_m * BLOCK_M
     off_hk = off_h // GROUP
-    if CAUSAL:
-        n_hi = gl.minimum(N_K, gl.maximum(m0 + BLOCK_M + N_K - N_Q, 0))
-    else:
-        n_hi = N_K
-    n_tiles = gl.cdiv(n_hi, BLOCK_N)
+    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
