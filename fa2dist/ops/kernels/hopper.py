@@ -376,6 +376,24 @@ def _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M: gl.constexpr):
 
 
 @gluon.jit
+def _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, valid, stride_lz, stride_lh):
+    """LSE and delta of query rows of one head; rows past the sequence (or not ``valid``) get inf and 0: P = 0."""
+    row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+    mask = (rows < N_Q) & valid
+    return gl.load(LSE + row_ptr, mask=mask, other=float("inf")), gl.load(DELTA + row_ptr, mask=mask, other=0.0)
+
+
+@gluon.jit
+def _row_bias(LSE, DELTA, it, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols, N_Q, sm_scale, stride_lz,
+              stride_lh, BLOCK_M: gl.constexpr):
+    """The deterministic dK/dV kernel's accumulator starts for step ``it`` (none past ``total``): -LSE / scale for
+    S^T and -delta for dP^T, per query row."""
+    off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
+    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, start_m + cols, N_Q, it < total, stride_lz, stride_lh)
+    return -lse / sm_scale, -delta
+
+
+@gluon.jit
 def _init_bwd_barriers(kv_bar, q_bars, do_bars, free_bars, STAGES: gl.constexpr):
     mbarrier.init(kv_bar, count=1)
     for i in gl.static_range(STAGES):
@@ -440,30 +458,45 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         k0_half = k_smem.index(0).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
         k1_half = k_smem.index(1).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
 
+    total = GROUP * n_m_tiles
+    if not ATOMIC_DQ:  # the first step's row terms, while K and V land
+        s_bias, dp_bias = _row_bias(LSE, DELTA, 0, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols, N_Q, sm_scale,
+                                    stride_lz, stride_lh, BLOCK_M)
     mbarrier.wait(kv_bar, 0)
-    for it in range(GROUP * n_m_tiles):
+    for it in range(total):
         st = it % STAGES
         phase = (it // STAGES) & 1
         off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         q = q_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
         do = do_smem.index(st).reshape([BLOCK_M, HEAD_DIM])
-        mbarrier.wait(q_bars.index(st), phase)
-        s_t = warpgroup_mma(k, q.permute((1, 0)), s_init, use_acc=False, is_async=True)
-        mbarrier.wait(do_bars.index(st), phase)
-        dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
-        # The query rows' LSE and delta, while the two MMAs run; rows past the sequence get P = 0.
         rows = start_m + cols
-        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
-        lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
-        delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
-        s_t = warpgroup_mma_wait(1, deps=(s_t,))
-        p_t = gl.exp2(s_t * qk_scale - lse[None, :])
+        if ATOMIC_DQ:
+            mbarrier.wait(q_bars.index(st), phase)
+            s_t = warpgroup_mma(k, q.permute((1, 0)), s_init, use_acc=False, is_async=True)
+            mbarrier.wait(do_bars.index(st), phase)
+            dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
+            # The query rows' LSE and delta, while the two MMAs run; rows past the sequence get P = 0.
+            lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
+            s_t = warpgroup_mma_wait(1, deps=(s_t,))
+            p_t = gl.exp2(s_t * qk_scale - lse[None, :] * LOG2E)
+        else:
+            # The accumulators start from -LSE / scale and -delta, fetched during the step before: S^T is then P^T's
+            # exponent over scale * log2(e), and dP^T comes out as dP^T - delta.
+            mbarrier.wait(q_bars.index(st), phase)
+            s_t = warpgroup_mma(k, q.permute((1, 0)), s_init + s_bias[None, :], is_async=True)
+            mbarrier.wait(do_bars.index(st), phase)
+            dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init + dp_bias[None, :], is_async=True)
+            s_t = warpgroup_mma_wait(1, deps=(s_t,))
+            p_t = gl.exp2(s_t * qk_scale)
         if CAUSAL:
             if start_m + diag < n0 + 2 * WG_N - 1:  # some key of this program lies past some row's diagonal
                 p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do, dv, is_async=True)
         dp_t = warpgroup_mma_wait(1, deps=(dp_t,))
-        ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
+        if ATOMIC_DQ:
+            ds_t = (p_t * (dp_t - delta[None, :])).to(dtype)
+        else:
+            ds_t = (p_t * dp_t).to(dtype)
         dk = warpgroup_mma(gl.convert_layout(ds_t, a_layout), q, dk, is_async=True)
         if ATOMIC_DQ:
             # Both warpgroups' dS go to shared memory; each then computes half of dQ's columns over all 128 keys.
@@ -486,6 +519,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             fence_async_shared()
             _tma_reduce_add(dq_desc, [off_z, off_h, start_m, WG * HALF_D], dq_buf)
         else:
+            s_bias, dp_bias = _row_bias(LSE, DELTA, it + 1, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols,
+                                        N_Q, sm_scale, stride_lz, stride_lh, BLOCK_M)
             dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
             mbarrier.arrive(free_bars.index(st))
 
