@@ -1,5 +1,5 @@
 """A/B 1: deterministic dK/dV kernel with biased accumulators (-LSE/scale, -delta) vs shipped.
-A/B 2: sequence-parallel d128 at 1k/2k keys: fused dQ vs dQ pass."""
+"""
 import json, os, sys, itertools, importlib.util
 import torch, triton
 sys.path.insert(0, os.getcwd())
