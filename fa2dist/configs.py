@@ -129,7 +129,7 @@ class KernelsConfig:
         warp_specialize: with ``tma``, on sm_90 GPUs: run dense forwards (causal or not, fp16/bf16) at the head dims
             and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d64, d128, d256) in the
             warp-specialised Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead
-            of the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d128, d256; d64 causal) and dQ at
+            of the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d64, d128, d256) and dQ at
             ``hopper.WS_BWD_DQ`` (d128, d256) in warp-specialised kernels without atomics, in both modes; the
             sequence-parallel mode at d128 from 4k keys adds dQ from the dK/dV kernel instead
             (``hopper.WS_FUSED_DQ``).

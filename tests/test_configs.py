@@ -613,9 +613,10 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_tiles(64, 1) == ws_tiles(64, 2047) == (128, 64, 3, 2)  # two programs per SM
     assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 64, 4, 1)
     assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4, 1)
-    # The dK/dV kernels: d128, d256, and d64 causal only.
-    assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, True) == (64, 128, 2)
-    assert ws_bwd_tiles(64, False) is None and ws_bwd_tiles(96, True) is None and ws_bwd_tiles(256, False) == (64, 64, 2)
+    # The dK/dV kernels: d64, d128 and d256.
+    assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
+    assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None
+    assert ws_bwd_tiles(256, False) == (64, 64, 2)
     assert ws_fused_dq(128, 4096) and not ws_fused_dq(128, 4095) and not ws_fused_dq(64, 16384)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)

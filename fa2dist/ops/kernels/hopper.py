@@ -310,10 +310,11 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
 #: BLOCK_N keys per program (64 per computing warpgroup, two warpgroups), BLOCK_M query rows per step. Timed on an
 #: H100 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-wsbwd), the whole deterministic backward
 #: against the Triton dK/dV kernel: d128 +5-17% at 1k-16k over two runs (2 stages; 3 stages and keeping each step's
-#: dK/dV products in flight across steps were 0-12% slower); d64 +3-9% causal but -7% to +5% without a mask, so d64
-#: full attention keeps the Triton kernel.
+#: dK/dV products in flight across steps were 0-12% slower); d64 +3-9% causal but -7% to +5% without a mask. Since
+#: the accumulators start from the row terms (benchmarks/results/h100-2026-11-26-bias), d64 without a mask too: +2-6%
+#: from 4k keys, level at 2k, 2-3% slower at 1k (forward+backward level or faster there).
 WS_BWD = (
-    (64, True, (64, 128, 2)),
+    (64, False, (64, 128, 2)),
     (128, False, (64, 128, 2)),
     (256, False, (64, 64, 2)),  # attn_bwd_dkdv_split_kernel: BLOCK_N keys shared by both warpgroups
 )
