@@ -611,7 +611,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 1, dense) and attention._warp_specialized(q, 64, 2048, causal)
     assert ws_tiles(64, 1) == ws_tiles(64, 2047) == (128, 64, 3, 2)  # two programs per SM
-    assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 64, 4, 1)
+    assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 128, 3, 1)
     assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4, 1)
     # The dK/dV kernels: d64, d128 and d256.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)

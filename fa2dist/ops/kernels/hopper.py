@@ -9,8 +9,9 @@ roles themselves (as FlashAttention-3 does):
 - two or three **compute partitions** (one warpgroup each) issue the asynchronous warpgroup MMAs and the softmax
   work, each at its own pace. In the forward each owns 64 query rows: it issues tile j's q.k product, then tile
   j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers; the exponent
-  is one FMA, exp2(s * scale - max)). Causal: each warpgroup stops at the last key tile its own rows see (the
-  program loads those of its last rows). The backward kernels are described above each one.
+  is one FMA, exp2(s * scale - max); it becomes 16-bit once the last P V has read the previous P's registers).
+  Causal: each warpgroup stops at the last key tile its own rows see (the program loads those of its last rows).
+  The backward kernels are described above each one.
 
 Dense attention only (causal or not, bottom-right aligned as the portable kernels), fp16/bf16, a positive softmax
 scale, the head dims and lengths of the tables below, 4-D tensor descriptors over (batch, heads, seqlen, head dim):
@@ -38,16 +39,18 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest at every length (224 KiB of shared memory, of
 #: sm_90's 227 KiB); 2 stages (10-15%), 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to
 #: +1%) were not faster. At d64 (kernel time from CUDA-graph replays, benchmarks/results/h100-2026-11-26-skip, after
-#: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x64 tiles with 4 stages
-#: (against the Triton forward +3-10% at 2k; against 128x128 tiles level to +4% at 4k, +1-5% at 8k); below 2k two
-#: programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +7-10% at 1k without a mask, +14-17%
-#: causal; against one 192-row program -2% to -5% at 2k without a mask, level to 11% slower from 4k). At d256
+#: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x128 tiles with 3 stages
+#: (benchmarks/results/h100-2026-11-26-bias: against 192x64 with 4 stages +6-9% at 2k, +8-11% from 4k without a mask;
+#: causal level at 2k, +5-9% from 4k; 192x128 spilled until each P waits for the last P V, below; 2 stages 4-10% slower
+#: than 3); below 2k two programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +7-10% at 1k
+#: without a mask, +14-17% causal; against one 192-row program of 64-key tiles -2% to -5% at 2k without a mask, level
+#: to 11% slower from 4k; one 192x128 program is 3-30% slower at 1k). At d256
 #: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
 #: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
 #: 128x32 with 3 or 5 were not faster.
 WS_TILES = (
     (64, 0, (128, 64, 3, 2)),
-    (64, 2048, (192, 64, 4, 1)),
+    (64, 2048, (192, 128, 3, 1)),
     (128, 0, (128, 128, 3, 1)),
     (256, 0, (128, 32, 4, 1)),
 )
@@ -199,6 +202,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
+        p = p.to(dtype)
         for i in range(1, n_own):
             st = i % STAGES
             prev = (i - 1) % STAGES
@@ -208,17 +212,19 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
             s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                               use_acc=False, is_async=True)
             # ... then tile i-1's P V, which runs on the tensor cores while this tile's softmax runs.
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+            acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                                 v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
-            p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
-                                          i >= first_masked, CAUSAL)
+            p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
+                                              i >= first_masked, CAUSAL)
+            # P V of tile i-1 has read the last P: this tile's P takes its registers.
             acc = warpgroup_mma_wait(0, deps=(acc,))
             mbarrier.arrive(free_bars.index(prev))
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            p = p_f32.to(dtype)
         last = (n_own - 1) % STAGES
         mbarrier.wait(v_bars.index(last), ((n_own - 1) // STAGES) & 1)
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+        acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                             v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(free_bars.index(last))
