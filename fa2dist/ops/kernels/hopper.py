@@ -41,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: +1%) were not faster. At d64 (kernel time from CUDA-graph replays, benchmarks/results/h100-2026-11-26-skip, after
 #: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x128 tiles with 3 stages
 #: (benchmarks/results/h100-2026-11-26-bias: against 192x64 with 4 stages +6-9% at 2k, +8-11% from 4k without a mask;
-#: causal level at 2k, +5-9% from 4k; 192x128 spilled until each P waits for the last P V, below; 2 stages 4-10% slower
+#: causal level at 2k, +5-9% from 4k; 192x128 spilled until each P waits for the last P V, below; 2 stages 3-13% slower
 #: than 3); below 2k two programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +7-10% at 1k
 #: without a mask, +14-17% causal; against one 192-row program of 64-key tiles -2% to -5% at 2k without a mask, level
 #: to 11% slower from 4k; one 192x128 program is 3-30% slower at 1k). At d256
