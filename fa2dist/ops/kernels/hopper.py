@@ -801,9 +801,8 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     dtype: gl.constexpr = q_smem.dtype
     rows = m0 + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
-    lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
-    delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
+    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
+    lse = lse * LOG2E
     diag = N_K - N_Q
     # Causal: the key tiles wholly past this warpgroup's rows are skipped (below), as in the forward.
     n_own = _key_tiles(m0 + (WG + 1) * WG_M, diag, N_K, BLOCK_N, CAUSAL)
