@@ -497,7 +497,9 @@ except ImportError:  # a Triton without Gluon (fa2dist then runs the Triton kern
 
 
 def _ptxas_spill_bytes(ptx: str) -> int:
-    """Spill stores ptxas reports for sm_90a (Triton's own ptxas), in bytes."""
+    """Spill stores ptxas reports for sm_90a (Triton's own ptxas), in bytes. Also fails where ptxas serialises the
+    warpgroup MMAs (C7514: an accumulator touched while its MMA may run, e.g. an MMA left in flight across a loop's
+    back edge and read after it; such a kernel was measured 27% slower)."""
     import re
 
     from triton.backends.nvidia.compiler import get_ptxas
@@ -510,6 +512,7 @@ def _ptxas_spill_bytes(ptx: str) -> int:
             [get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
             capture_output=True, text=True, check=True,
         ).stderr
+    assert "C7514" not in report, f"ptxas serialises the warpgroup MMAs: {report[-500:]}"
     spills = re.findall(r"(\d+) bytes spill stores", report)
     assert spills, f"no spill report from ptxas: {report[-500:]}"
     return sum(int(n) for n in spills)
@@ -568,7 +571,9 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
     head_dim, _, (block_m, block_n, stages, ctas) = row
     for dtype in (torch.bfloat16, torch.float16):
         options = ws_launch_options(block_m, ctas)
-        constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal, **options)
+        # Causal: the interleaved grid order (ws_interleave), whose index arithmetic must not cost spills either.
+        constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+                          INTERLEAVE=4 if causal else 1, **options)
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
@@ -599,7 +604,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90; everything else runs the Triton
     forward."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_tiles
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_interleave, ws_tiles
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -613,6 +618,9 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_tiles(64, 1) == ws_tiles(64, 2047) == (128, 64, 3, 2)  # two programs per SM
     assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 128, 3, 1)
     assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4, 1)
+    # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
+    assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
+    assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1
     # The dK/dV kernels: d64, d128 and d256.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
     assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None

@@ -163,6 +163,25 @@ def test_warp_specialized_forward(causal, dtype, monkeypatch):
     assert len(calls) == n_calls
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 5, 1100, 1000, 128), (2, 3, 1, 700, 700, 64), (1, 6, 3, 4200, 4100, 128)],
+                         ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_interleaved_causal_forward_matches_head_by_head(shape, monkeypatch):
+    """The causal Gluon forward's interleaved grid order (``ws_interleave``; group sizes that do not divide
+    batch x heads included) computes every tile once: output and LSE bitwise equal to the head-by-head order."""
+    from fa2dist.ops.kernels import hopper
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    assert hopper.ws_interleave(head_dim, seqlen_k) > 1
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda", "bshd", 7)
+    out, lse = fa2dist.flash_attention(q, k, v, causal=True, return_lse=True)
+    monkeypatch.setattr(hopper, "WS_INTERLEAVE", ())
+    assert hopper.ws_interleave(head_dim, seqlen_k) == 1
+    out1, lse1 = fa2dist.flash_attention(q, k, v, causal=True, return_lse=True)
+    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+
+
 WS_BWD_SHAPES = [
     (2, 4, 4, 1000, 1000, 128),
     (1, 3, 3, 333, 517, 128),

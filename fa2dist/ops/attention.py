@@ -30,6 +30,7 @@ try:
         ws_bwd_tiles,
         ws_dq_tiles,
         ws_fused_dq,
+        ws_interleave,
         ws_launch_options,
         ws_tiles,
     )
@@ -404,7 +405,7 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
         *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        num_warps=4, **ws_launch_options(block_m, ctas),
+        INTERLEAVE=ws_interleave(head_dim, seqlen_k), num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
 
