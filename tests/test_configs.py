@@ -680,8 +680,8 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
     if not split:
         constexprs["ATOMIC_DQ"] = atomic_dq
-    # Each computing warpgroup adds half of dQ's columns.
-    dq_desc = _gluon_desc(x.float(), block_m, head_dim // 2) if atomic_dq else _gluon_desc(x, key_rows, head_dim)
+    # The first computing warpgroup adds each query tile's dQ, all columns.
+    dq_desc = _gluon_desc(x.float(), block_m, head_dim) if atomic_dq else _gluon_desc(x, key_rows, head_dim)
     types = dict(q_desc=_gluon_desc(x, block_m, head_dim), do_desc=_gluon_desc(x, block_m, head_dim),
                  dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
                  **{name: _gluon_desc(x, key_rows, head_dim) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})

@@ -437,8 +437,8 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
                             (dk, block_n // 2), (dv, block_n // 2))
     if dq_acc is None:
         descs.append(descs[-1])  # unused
-    else:  # each computing warpgroup adds half of dQ's columns
-        descs += _ws_descriptors("bhsd", head_dim // 2, (dq_acc, block_m))
+    else:  # the first computing warpgroup adds each query tile's dQ, all columns
+        descs += _ws_descriptors("bhsd", head_dim, (dq_acc, block_m))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,

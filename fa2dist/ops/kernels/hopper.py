@@ -460,8 +460,10 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                            ATOMIC_DQ: gl.constexpr, WG: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
     of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
-    both warpgroups put their dS in shared memory (``ds_bars``: both written; ``dqd_bars``: both read), each
-    multiplies it by K for half of dQ's columns, and the copy engine adds that into the fp32 dQ."""
+    both warpgroups put their dS in shared memory (``ds_bars``: both written), the first (WG 0) multiplies it by K
+    for all of dQ (``dqd_bars``: read) and the copy engine adds that into the fp32 dQ. The second warpgroup does no
+    dQ work: it runs ahead into its next step while the first's dQ product holds the tensor cores, which splitting
+    dQ's columns over both (each then waiting for the other's dS every step) did not allow."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -478,13 +480,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     k = k_smem.index(WG).reshape([WG_N, HEAD_DIM])
     v = v_smem.index(WG).reshape([WG_N, HEAD_DIM])
     if ATOMIC_DQ:
-        HALF_D: gl.constexpr = HEAD_DIM // 2
-        h_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, HALF_D, 16])
-        dq_init = gl.zeros([BLOCK_M, HALF_D], gl.float32, layout=h_layout)
-        dq_buf = dq_smem.index(WG)
-        k0_half = k_smem.index(0).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
-        k1_half = k_smem.index(1).reshape([WG_N, HEAD_DIM]).slice(WG * HALF_D, HALF_D, dim=1)
+        dq_init = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+        dq_buf = dq_smem.reshape([BLOCK_M, HEAD_DIM])
 
     total = GROUP * n_m_tiles
     if not ATOMIC_DQ:  # the first step's row terms, while K and V land
@@ -532,7 +529,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             ds_t = (p_t * dp_t).to(dtype)
         dk = warpgroup_mma(gl.convert_layout(ds_t, a_layout), q, dk, is_async=True)
         if ATOMIC_DQ:
-            # Both warpgroups' dS go to shared memory; each then computes half of dQ's columns over all 128 keys.
+            # Both warpgroups' dS go to shared memory; the first then computes dQ over all 128 keys.
             par = it % 2
             use = (it // 2) & 1
             mbarrier.wait(dqd_bars.index(par), use ^ 1)  # both dQ products of two steps ago have read this buffer
@@ -540,17 +537,20 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             ds_buf.slice(WG * WG_N, WG_N, dim=0).store(ds_t)
             fence_async_shared()
             mbarrier.arrive(ds_bars.index(par))
-            mbarrier.wait(ds_bars.index(par), use)
-            dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k0_half, dq_init, use_acc=False,
-                               is_async=True)
-            dq = warpgroup_mma(ds_buf.slice(WG_N, WG_N, dim=0).permute((1, 0)), k1_half, dq, is_async=True)
-            dk, dv, dq = warpgroup_mma_wait(0, deps=(dk, dv, dq))
+            dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))  # frees P^T's and dS^T's registers for dQ's
             mbarrier.arrive(free_bars.index(st))
-            mbarrier.arrive(dqd_bars.index(par))
-            tma.store_wait(0)  # the last step's dQ has left the buffer
-            dq_buf.reshape([BLOCK_M, HALF_D]).store(dq * sm_scale)
-            fence_async_shared()
-            _tma_reduce_add(dq_desc, [off_z, off_h, start_m, WG * HALF_D], dq_buf)
+            if WG == 0:
+                mbarrier.wait(ds_bars.index(par), use)
+                dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k_smem.index(0).reshape(
+                    [WG_N, HEAD_DIM]), dq_init, use_acc=False, is_async=True)
+                dq = warpgroup_mma(ds_buf.slice(WG_N, WG_N, dim=0).permute((1, 0)), k_smem.index(1).reshape(
+                    [WG_N, HEAD_DIM]), dq, is_async=True)
+                dq = warpgroup_mma_wait(0, deps=(dq,))
+                mbarrier.arrive(dqd_bars.index(par))
+                tma.store_wait(0)  # the last step's dQ has left the buffer
+                dq_buf.store(dq * sm_scale)
+                fence_async_shared()
+                _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
         else:
             s_bias, dp_bias = _row_bias(LSE, DELTA, it + 1, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols,
                                         N_Q, sm_scale, stride_lz, stride_lh, BLOCK_M)
@@ -559,7 +559,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
 
     if ATOMIC_DQ:
         last = GROUP * n_m_tiles - 1
-        if last >= 0:  # the other warpgroup's last dQ product reads this warpgroup's K too
+        if last >= 0 and WG == 1:  # the first warpgroup's last dQ product reads this warpgroup's K too
             mbarrier.wait(dqd_bars.index(last % 2), (last // 2) & 1)
     # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped).
     k.store((dk * sm_scale).to(dtype))
@@ -577,7 +577,7 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
-    BLOCK_M rows and HEAD_DIM / 2 columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
+    BLOCK_M rows and HEAD_DIM columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
     unused.
     Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``,
     ``v_desc``, ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO),
@@ -594,16 +594,15 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     do_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     if ATOMIC_DQ:
-        # An fp32 staging buffer per computing warpgroup (half of dQ's columns each), and both warpgroups' dS, two
-        # steps deep.
-        dq_smem = gl.allocate_shared_memory(dq_desc.dtype, [2] + dq_desc.block_type.shape, dq_desc.layout)
+        # An fp32 staging buffer for the first warpgroup's dQ tile, and both warpgroups' dS, two steps deep.
+        dq_smem = gl.allocate_shared_memory(dq_desc.dtype, dq_desc.block_type.shape, dq_desc.layout)
         ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype)
         ds_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
         ds_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         dqd_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(ds_bars.index(i), count=2)
-            mbarrier.init(dqd_bars.index(i), count=2)
+            mbarrier.init(dqd_bars.index(i), count=1)
     else:  # unused
         dq_smem = q_smem
         ds_smem = q_smem
