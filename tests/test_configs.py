@@ -499,7 +499,7 @@ except ImportError:  # a Triton without Gluon (fa2dist then runs the Triton kern
 def _ptxas_spill_bytes(ptx: str) -> int:
     """Spill stores ptxas reports for sm_90a (Triton's own ptxas), in bytes. Also fails where ptxas serialises the
     warpgroup MMAs (C7514: an accumulator touched while its MMA may run, e.g. an MMA left in flight across a loop's
-    back edge and read after it; such a kernel was measured 27% slower)."""
+    back edge and read after it; such a kernel was measured 20-33% slower)."""
     import re
 
     from triton.backends.nvidia.compiler import get_ptxas
