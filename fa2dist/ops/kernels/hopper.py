@@ -58,9 +58,10 @@ WS_TILES = (
 
 #: (head dim, longest seqlen_k): causal forwards that interleave the query tiles of 4 (batch, head) pairs
 #: (``_query_program``): where a head's K and V take at most 4 MiB, so that the four heads' stay well within the L2
-#: cache. Timed on an H100 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-order, medians of 4
-#: interleaved rounds), against head by head: d64 +4% at 4k, +5% at 16k; d128 +3% at 4k, -2% at 16k (8 MiB: not
-#: interleaved). The backward kernels keep head by head: interleaved, they were level or 1-8% slower.
+#: cache. Timed on an H100 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-order, CUDA-graph
+#: replays, medians of 4 interleaved rounds), against head by head: d64 +4% at 4k, +8% at 16k, level at 1k and 2k;
+#: d128 +4% at 4k, +5% at 8k, level at 1k; d128 at 16k (8 MiB) read 2% slower in eager timings: not interleaved. The
+#: backward kernels keep head by head: interleaved, they spilled more and were level or 1-7% slower.
 WS_INTERLEAVE = ((64, 16384), (128, 8192))
 
 
@@ -532,7 +533,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             # Both warpgroups' dS go to shared memory; the first then computes dQ over all 128 keys.
             par = it % 2
             use = (it // 2) & 1
-            mbarrier.wait(dqd_bars.index(par), use ^ 1)  # both dQ products of two steps ago have read this buffer
+            mbarrier.wait(dqd_bars.index(par), use ^ 1)  # the dQ product of two steps ago has read this buffer
             ds_buf = ds_smem.index(par)
             ds_buf.slice(WG * WG_N, WG_N, dim=0).store(ds_t)
             fence_async_shared()
