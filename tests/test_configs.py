@@ -566,7 +566,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
     warp at 24 registers, the computing warpgroups at 240, 160, or 112 for two programs per SM) and at most a few words
     of spills (ptxas's own report: 32 bytes with two programs per SM, 0 elsewhere, as timed in
     BENCHMARKS.md). (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
-    from fa2dist.ops.kernels.hopper import attn_fwd_ws_kernel, ws_launch_options
+    from fa2dist.ops.kernels.hopper import WS_PERSISTENT, attn_fwd_ws_kernel, ws_launch_options
 
     head_dim, _, (block_m, block_n, stages, ctas) = row
     for dtype in (torch.bfloat16, torch.float16):
@@ -578,8 +578,11 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
                      sm_scale="fp32")
-        ptx = _compile_sm90(attn_fwd_ws_kernel, constexprs, types, str(options["REGS"]), programs_per_sm=ctas)
-        assert _ptxas_spill_bytes(ptx) <= (32 if ctas == 2 else 8)
+        # The persistent grid too, where some length runs it (WS_PERSISTENT).
+        for persistent in {False, any(dim == head_dim and c == causal for dim, c, _ in WS_PERSISTENT)}:
+            ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent), types,
+                                str(options["REGS"]), programs_per_sm=ctas)
+            assert _ptxas_spill_bytes(ptx) <= (32 if ctas == 2 else 8)
 
 
 @needs_compiler
@@ -604,7 +607,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90; everything else runs the Triton
     forward."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_interleave, ws_tiles
+    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_interleave, ws_persistent, ws_tiles
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -621,6 +624,9 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
     assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
     assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1
+    # Persistent grids: d128 without a mask only.
+    assert ws_persistent(128, False, 1024) and ws_persistent(128, False, 1 << 20)
+    assert not (ws_persistent(128, True, 1024) or ws_persistent(64, False, 1024) or ws_persistent(256, False, 1024))
     # The dK/dV kernels: d64, d128 and d256.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
     assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None

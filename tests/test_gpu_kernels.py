@@ -182,6 +182,26 @@ def test_interleaved_causal_forward_matches_head_by_head(shape, monkeypatch):
     assert torch.equal(out, out1) and torch.equal(lse, lse1)
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 2, 777, 4100, 128), (40, 16, 16, 1024, 1024, 128), (1, 3, 3, 65, 129, 128),
+                                   (3, 7, 7, 1500, 1000, 128)],
+                         ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_persistent_forward_matches_one_tile_a_program(shape, monkeypatch):
+    """The Gluon forward's persistent grid (``ws_persistent``: fewer programs than tiles, more programs than tiles,
+    grouped-query heads) computes every tile once: output and LSE bitwise equal to one tile a program."""
+    from fa2dist.ops.kernels import hopper
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    assert hopper.ws_persistent(head_dim, False, seqlen_k)
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda", "bshd", 3)
+    out, lse = fa2dist.flash_attention(q, k, v, return_lse=True)
+    monkeypatch.setattr(hopper, "WS_PERSISTENT", ())
+    assert not hopper.ws_persistent(head_dim, False, seqlen_k)
+    out1, lse1 = fa2dist.flash_attention(q, k, v, return_lse=True)
+    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+
+
 WS_BWD_SHAPES = [
     (2, 4, 4, 1000, 1000, 128),
     (1, 3, 3, 333, 517, 128),

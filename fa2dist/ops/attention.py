@@ -32,6 +32,7 @@ try:
         ws_fused_dq,
         ws_interleave,
         ws_launch_options,
+        ws_persistent,
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
@@ -400,13 +401,27 @@ def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
     block_m, block_n, stages, ctas = ws_tiles(head_dim, seqlen_k)
+    causal = feats.window_right == 0
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
-    attn_fwd_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
-        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, seqlen_q, seqlen_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        INTERLEAVE=ws_interleave(head_dim, seqlen_k), num_warps=4, **ws_launch_options(block_m, ctas),
+    n_tiles = _cdiv(seqlen_q, block_m)
+    persistent = ws_persistent(head_dim, causal, seqlen_k)
+    if persistent:
+        grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),)
+    else:
+        grid = (n_tiles, nheads, batch)
+    attn_fwd_ws_kernel[grid](
+        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch, seqlen_q,
+        seqlen_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, num_warps=4,
+        **ws_launch_options(block_m, ctas),
     )
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _ws_descriptors(layout: str, cols: int, *specs) -> list:

@@ -70,6 +70,22 @@ def ws_interleave(head_dim: int, seqlen_k: int) -> int:
     return 4 if any(head_dim == dim and seqlen_k <= longest for dim, longest in WS_INTERLEAVE) else 1
 
 
+#: (head dim, causal, longest seqlen_k): the forwards that run a persistent grid (``attn_fwd_ws_kernel``'s
+#: PERSISTENT): as many programs as run on the GPU at once, each taking every so-many-th query tile of the same order.
+#: The loading warp then fetches a tile's first keys while the warpgroups finish the tile before, and each
+#: warpgroup's Q once its output has left the buffer. Timed on an H100 (bf16, 16k tokens, 2026-11-26;
+#: benchmarks/results/h100-2026-11-26-persist, CUDA-graph replays, medians of 4 interleaved rounds), against one tile
+#: a program: d128 without a mask +5% at 1k, +3% at 2k, +1% at 4k, +3% at 16k. Not taken: causal (+8% at 1k, but 2%
+#: slower at 2k and 28% at 4k, where the programs' shares of tiles of unequal lengths no longer even out), d256 (4%
+#: slower at 1k, level at 4k), d64 (1% slower at 1k).
+WS_PERSISTENT = ((128, False, 1 << 31),)
+
+
+def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
+    """Whether this forward runs a persistent grid (``WS_PERSISTENT``)."""
+    return any(head_dim == dim and causal == c and seqlen_k <= longest for dim, c, longest in WS_PERSISTENT)
+
+
 def ws_launch_options(block_m: int, ctas: int) -> dict:
     """The forward's register split: with two programs per SM every thread starts with at most 80 registers (a
     program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second computing
@@ -105,40 +121,92 @@ LN2 = gl.constexpr(0.6931471805599453)
 @gluon.jit
 def _query_program(CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr = 1):
     """(query tile, batch, head) of a program of the forward's or the dQ pass's grid (cdiv(N_Q, BLOCK_M), heads,
-    batch). Causal: later tiles see more keys, so the longest tiles run first and the last ones launched are short.
-    INTERLEAVE (batch, head) pairs run at a time, tile by tile: their longest tiles launch first, then their
-    second-longest, and so on (1: head by head)."""
+    batch): ``_tile_coords`` of its linear index."""
     if not CAUSAL:
         return gl.program_id(0), gl.program_id(2), gl.program_id(1)
-    if INTERLEAVE == 1:
-        return gl.num_programs(0) - 1 - gl.program_id(0), gl.program_id(2), gl.program_id(1)
     n_t = gl.num_programs(0)
     n_h = gl.num_programs(1)
     pid = gl.program_id(0) + n_t * (gl.program_id(1) + n_h * gl.program_id(2))
-    first = pid // (n_t * INTERLEAVE) * INTERLEAVE  # the group's first pair
-    size = gl.minimum(n_h * gl.num_programs(2) - first, INTERLEAVE)  # the last group may be smaller
-    rank = pid - first * n_t
+    return _tile_coords(pid, n_t, n_h, gl.num_programs(2), CAUSAL, INTERLEAVE)
+
+
+@gluon.jit
+def _tile_coords(t, n_t, n_h, n_z, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr):
+    """(query tile, batch, head) of the ``t``-th of ``n_t`` query tiles x ``n_h`` heads x ``n_z`` batch items, in
+    launch order: head by head, query tiles fastest. Causal: later tiles see more keys, so the longest tiles run first
+    and the last ones launched are short. INTERLEAVE (batch, head) pairs run at a time, tile by tile: their longest
+    tiles launch first, then their second-longest, and so on (1: head by head)."""
+    if not CAUSAL:
+        return t % n_t, t // (n_t * n_h), (t // n_t) % n_h
+    if INTERLEAVE == 1:
+        return n_t - 1 - t % n_t, t // (n_t * n_h), (t // n_t) % n_h
+    first = t // (n_t * INTERLEAVE) * INTERLEAVE  # the group's first pair
+    size = gl.minimum(n_h * n_z - first, INTERLEAVE)  # the last group may be smaller
+    rank = t - first * n_t
     pair = first + rank % size
     return n_t - 1 - rank // size, pair // n_h, pair % n_h
 
 
 @gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                    off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    NUM_WG: gl.constexpr = q_smem.shape[0]
-    WG_M: gl.constexpr = q_desc.block_type.shape[2]
-    mbarrier.expect(q_bar, NUM_WG * q_desc.block_type.nbytes)
-    for w in gl.static_range(NUM_WG):
-        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0 + w * WG_M, 0], q_bar, q_smem.index(w))
-    for i in range(n_tiles):
+def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                    first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, BLOCK_M: gl.constexpr,
+                    BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr,
+                    PERSISTENT: gl.constexpr):
+    """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
+    ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile."""
+    if PERSISTENT:
+        kv = 0  # K/V tiles loaded so far
+        for j in range(n_mine):
+            start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+            kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES,
+                            CAUSAL, PERSISTENT)
+    else:
+        start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
+        _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
+                   off_z, off_h, 0, 0, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES, CAUSAL, PERSISTENT)
+
+
+@gluon.jit
+def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
+               off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr):
+    """Query tile ``start_m`` of head ``off_h`` (the program's ``j``-th): its Q and, from ring position ``kv`` on, its
+    K and V tiles. Persistent, its first keys load before its Q, which waits until each warpgroup's output of the tile
+    before has left its Q buffer (``q_free``). Returns the ring position after the tile's keys."""
+    off_hk = off_h // GROUP
+    m0 = start_m * BLOCK_M
+    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
+    if not PERSISTENT:
+        _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
+    for i in range(kv, kv + n_tiles):
+        if PERSISTENT:
+            if i == kv + 1:
+                _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
         s = i % STAGES
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
         mbarrier.wait(free_bars.index(s), ((i // STAGES) & 1) ^ 1)
-        start_n = i * BLOCK_N
+        start_n = (i - kv) * BLOCK_N
         mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
         mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
+    if PERSISTENT:
+        if n_tiles < 2:
+            _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
+    return kv + n_tiles
+
+
+@gluon.jit
+def _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT: gl.constexpr):
+    """The ``j``-th query tile of a program, each warpgroup's rows into its buffer (persistent: once it is free)."""
+    NUM_WG: gl.constexpr = q_smem.shape[0]
+    WG_M: gl.constexpr = q_desc.block_type.shape[2]
+    for w in gl.static_range(NUM_WG):
+        if PERSISTENT:
+            mbarrier.wait(q_free.index(w), (j & 1) ^ 1)
+        mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0 + w * WG_M, 0], q_bars.index(w), q_smem.index(w))
 
 
 @gluon.jit
@@ -184,11 +252,34 @@ def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUS
 
 
 @gluon.jit
-def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                       off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M: gl.constexpr,
-                       BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                       WG: gl.constexpr):
-    """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of the tile, one warpgroup: from its Q buffer to O and LSE."""
+def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                       first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                       CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr):
+    """One warpgroup's rows of each of the program's query tiles."""
+    if PERSISTENT:
+        kv = 0  # K/V tiles of the ring used so far
+        for j in range(n_mine):
+            start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+            kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                              start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG)
+    else:
+        start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
+        _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
+                     off_h, 0, 0, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES,
+                     CAUSAL, PERSISTENT, WG)
+
+
+@gluon.jit
+def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z, off_h,
+                 j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                 HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr,
+                 WG: gl.constexpr):
+    """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
+    ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
+    Returns the ring position after the tile's keys."""
+    WG_M: gl.constexpr = 64
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -198,10 +289,14 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
 
-    m_wg = m0 + WG * WG_M
-    rows = m_wg + gl.arange(0, WG_M, layout=row_s)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     diag = N_K - N_Q
+    s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
+    q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
+    m0 = start_m * BLOCK_M
+    n_tiles = _key_tiles(m0 + BLOCK_M, diag, N_K, BLOCK_N, CAUSAL)
+    m_wg = m0 + WG * WG_M
+    rows = m_wg + gl.arange(0, WG_M, layout=row_s)
     # The program loads the keys its last rows see; causal, with tiles narrower than the program, the last of them
     # may lie wholly past this warpgroup's rows (skipped below). From tile first_masked on, a tile crosses the
     # diagonal (or the end of the keys) for some row of this warpgroup.
@@ -213,24 +308,23 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
     m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
-    s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
-    q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
 
     # Wait for Q even when no key is visible: its buffer stages the output below.
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bars.index(WG), j & 1)
     if n_own > 0:
-        mbarrier.wait(k_bars.index(0), 0)
-        s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+        mbarrier.wait(k_bars.index(kv % STAGES), (kv // STAGES) & 1)
+        s = warpgroup_mma(q, k_smem.index(kv % STAGES).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
         p = p.to(dtype)
         for i in range(1, n_own):
-            st = i % STAGES
-            prev = (i - 1) % STAGES
+            g = kv + i
+            st = g % STAGES
+            prev = (g - 1) % STAGES
             # Tile i's scores ...
-            mbarrier.wait(k_bars.index(st), (i // STAGES) & 1)
-            mbarrier.wait(v_bars.index(prev), ((i - 1) // STAGES) & 1)
+            mbarrier.wait(k_bars.index(st), (g // STAGES) & 1)
+            mbarrier.wait(v_bars.index(prev), ((g - 1) // STAGES) & 1)
             s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                               use_acc=False, is_async=True)
             # ... then tile i-1's P V, which runs on the tensor cores while this tile's softmax runs.
@@ -244,70 +338,88 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bar
             mbarrier.arrive(free_bars.index(prev))
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p = p_f32.to(dtype)
-        last = (n_own - 1) % STAGES
-        mbarrier.wait(v_bars.index(last), ((n_own - 1) // STAGES) & 1)
+        last = kv + n_own - 1
+        mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p, p_layout),
-                            v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                            v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(free_bars.index(last))
+        mbarrier.arrive(free_bars.index(last % STAGES))
     if CAUSAL:
-        _release_tiles(k_bars, v_bars, free_bars, n_own, n_tiles, STAGES)
+        _release_tiles(k_bars, v_bars, free_bars, kv + n_own, kv + n_tiles, STAGES)
 
     empty = l_i == 0.0
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
-    gl.store(LSE + lse_offset + rows, lse, mask=rows < N_Q)
+    gl.store(LSE + (off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh) + rows, lse,
+             mask=rows < N_Q)
     # This warpgroup no longer reads its Q buffer: it stages its rows of the output for the copy engine (rows past
     # the sequence are clipped).
     q.store(acc.to(dtype))
     fence_async_shared()
     tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.index(WG))
     tma.store_wait(0)
+    if PERSISTENT:
+        mbarrier.arrive(q_free.index(WG))  # the buffer may take this warpgroup's rows of the next tile
+    return kv + n_tiles
 
 
 @gluon.jit
-def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, GROUP, N_Q, N_K,
+def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS, BATCH,
+                       N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr):
-    """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch); causal grids run
-    their longest query tiles first. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup),
-    ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide
-    blocks. BLOCK_M is 128 or 192; REGS the registers of each computing warpgroup past the first
-    (``ws_launch_options``)."""
-    start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
-    off_hk = off_h // GROUP
-    m0 = start_m * BLOCK_M
-    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
+                       PERSISTENT: gl.constexpr = False):
+    """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
+    program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
+    program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
+    items), and loads a tile's first keys while it finishes the tile before. ``q_desc`` and ``o_desc`` have 64-row
+    blocks (one per compute warpgroup), ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads,
+    seqlen, head dim) with head-dim-wide blocks. BLOCK_M is 128 or 192; REGS the registers of each computing
+    warpgroup past the first (``ws_launch_options``)."""
+    n_t = gl.cdiv(N_Q, BLOCK_M)
+    if PERSISTENT:
+        first = gl.program_id(0)
+        step = gl.num_programs(0)
+        n_mine = gl.cdiv(gl.maximum(n_t * N_HEADS * BATCH - first, 0), step)
+    else:
+        first = gl.program_id(0) + n_t * (gl.program_id(1) + N_HEADS * gl.program_id(2))
+        step = 1
+        n_mine = 1
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M // 64] + q_desc.block_type.shape, q_desc.layout)
+    NUM_WG: gl.constexpr = BLOCK_M // 64
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_WG] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_bars = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
+    for w in gl.static_range(NUM_WG):
+        mbarrier.init(q_bars.index(w), count=1)
+        mbarrier.init(q_free.index(w), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_bars.index(i), count=1)
         mbarrier.init(v_bars.index(i), count=1)
-        mbarrier.init(free_bars.index(i), count=BLOCK_M // 64)  # one arrival per warpgroup
+        mbarrier.init(free_bars.index(i), count=NUM_WG)  # one arrival per warpgroup
 
-    lse_offset = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh
     qk_scale = sm_scale * LOG2E
     # The tuples are spelled out in the calls: built beforehand, their constexprs would turn into tensors.
-    WG_M: gl.constexpr = 64
     gl.static_assert(BLOCK_M == 128 or BLOCK_M == 192, "BLOCK_M is two or three warpgroups of 64 rows")
     if BLOCK_M == 128:
         gl.warp_specialize(
             [
-                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
-                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
-                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
-                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
-                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                   off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                                      HEAD_DIM, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, 0)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                                      HEAD_DIM, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, 1)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
+                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT)),
             ],
             [4, 1],
             [REGS, 24],
@@ -315,17 +427,21 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
     else:
         gl.warp_specialize(
             [
-                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
-                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
-                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
-                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
-                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                      off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, lse_offset, WG_M,
-                                      BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 2)),
-                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_bars, v_bars, free_bars,
-                                   off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                                      HEAD_DIM, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, 0)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                                      HEAD_DIM, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, 1)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                                      HEAD_DIM, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, 2)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
+                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT)),
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
