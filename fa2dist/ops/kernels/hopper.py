@@ -74,10 +74,10 @@ def ws_interleave(head_dim: int, seqlen_k: int) -> int:
 #: PERSISTENT): as many programs as run on the GPU at once, each taking every so-many-th query tile of the same order.
 #: The loading warp then fetches a tile's first keys while the warpgroups finish the tile before, and each
 #: warpgroup's Q once its output has left the buffer. Timed on an H100 (bf16, 16k tokens, 2026-11-26;
-#: benchmarks/results/h100-2026-11-26-persist, CUDA-graph replays, medians of 4 interleaved rounds), against one tile
-#: a program: d128 without a mask +5% at 1k, +3% at 2k, +1% at 4k, +3% at 16k. Not taken: causal (+8% at 1k, but 2%
-#: slower at 2k and 28% at 4k, where the programs' shares of tiles of unequal lengths no longer even out), d256 (4%
-#: slower at 1k, level at 4k), d64 (1% slower at 1k).
+#: benchmarks/results/h100-2026-11-26-persist, CUDA-graph replays, medians of 3-4 interleaved rounds, four A/Bs),
+#: against one tile a program: d128 without a mask +5-7% at 1k, +1-3% at 2k, -2% to +3% at 4k, 0-2% at 16k. Not
+#: taken: causal (+7-8% at 1k, but level at 2k and 28% slower at 4k, where the programs' shares of tiles of unequal
+#: length no longer even out), d256 (-4% to +2% at 1k), d64 (2-4% slower at 1k).
 WS_PERSISTENT = ((128, False, 1 << 31),)
 
 
