@@ -131,13 +131,13 @@ class KernelsConfig:
             warp-specialised Gluon kernel (a loading warp, two or three computing warpgroups, its own tiles) instead
             of the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d64, d128, d256) and dQ at
             ``hopper.WS_BWD_DQ`` (d128, d256) in warp-specialised kernels without atomics, in both modes; the
-            sequence-parallel mode at d128 from 4k keys adds dQ from the dK/dV kernel instead
-            (``hopper.WS_FUSED_DQ``).
+            sequence-parallel mode at d64 and d128 (without a mask; causal from 3-4k keys) adds dQ from the dK/dV
+            kernel instead (``hopper.WS_FUSED_DQ``).
         atomic_dq: the sequence-parallel backward adds dQ with atomics from its Triton dK/dV kernel. False: that
             mode runs the deterministic kernels instead (a dK/dV kernel, then a dQ kernel; no atomics). The Hopper
             config sets False: on the H100 the atomic dQ was at most 3% faster at any measured shape, and up to 39%
-            slower (BENCHMARKS.md). (Where the warp-specialised dK/dV kernel adds dQ itself, ``hopper.WS_FUSED_DQ``:
-            d128 from 4k keys, the sequence-parallel mode takes that.)
+            slower (BENCHMARKS.md). (Where the warp-specialised dK/dV kernel adds dQ itself, ``hopper.WS_FUSED_DQ``,
+            the sequence-parallel mode takes that.)
 
     Example::
 

@@ -631,7 +631,11 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
     assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None
     assert ws_bwd_tiles(256, False) == (64, 64, 2)
-    assert ws_fused_dq(128, 4096) and not ws_fused_dq(128, 4095) and not ws_fused_dq(64, 16384)
+    # The sequence-parallel mode adds dQ from the dK/dV kernel: without a mask at every length, causal from 3k (d128)
+    # and 4k (d64) keys.
+    assert ws_fused_dq(128, False, 1) and ws_fused_dq(64, False, 1) and not ws_fused_dq(256, False, 16384)
+    assert ws_fused_dq(128, True, 3072) and not ws_fused_dq(128, True, 3071)
+    assert ws_fused_dq(64, True, 4096) and not ws_fused_dq(64, True, 4095)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
     assert attention._warp_specialized(q, 256, 1, dense)

@@ -211,8 +211,9 @@ WS_BWD_SHAPES = [
     (1, 4, 4, 2048, 2048, 128),
     (2, 4, 2, 555, 555, 64),  # d64
     (1, 2, 2, 1031, 129, 64),
-    (1, 4, 2, 4100, 4100, 128),  # d128 from 4k keys: the sequence-parallel mode adds dQ from the kernel
+    (1, 4, 2, 4100, 4100, 128),  # causal d128 from 3k keys: the sequence-parallel mode adds dQ from the kernel too
     (1, 2, 2, 300, 4096, 128),
+    (1, 3, 3, 700, 4100, 64),  # causal d64 from 4k keys: dQ from the kernel too
     (1, 4, 2, 333, 517, 256),  # d256: the split-role kernel
     (2, 2, 2, 1031, 1031, 256),
     (1, 2, 1, 300, 64, 256),
@@ -244,7 +245,7 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
         for deterministic in (True, False):
             n_calls, n_dq_calls = len(calls), len(dq_calls)
             _run(shape, causal, dtype, layout, deterministic)
-            fused = not deterministic and ws_fused_dq(shape[-1], shape[4])
+            fused = not deterministic and ws_fused_dq(shape[-1], causal, shape[4])
             assert calls[n_calls:] == [fused] * taken, f"{shape}, deterministic={deterministic}"
             ws_dq = taken and not fused and ws_dq_tiles(shape[-1]) is not None  # the warp-specialised dQ pass
             assert len(dq_calls) == n_dq_calls + ws_dq, f"{shape}, deterministic={deterministic}"

@@ -548,7 +548,7 @@ def attn_bwd(
     )
     if ws:
         # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
-        fused = not deterministic and ws_fused_dq(head_dim, seqlen_k)
+        fused = not deterministic and ws_fused_dq(head_dim, feats.window_right == 0, seqlen_k)
         dq_acc = q.new_zeros((batch, nheads, seqlen_q, head_dim), dtype=torch.float32) if fused else None
         try:
             _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group,

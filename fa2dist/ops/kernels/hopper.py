@@ -464,12 +464,15 @@ WS_BWD = (
 )
 
 
-#: (head dim, shortest seqlen_k): where the sequence-parallel mode adds dQ from this kernel (the copy engine's bulk
-#: add, ``ATOMIC_DQ``) instead of running the dQ kernel after it. Timed on an H100 (bf16, 16k tokens, 2026-11-26;
-#: benchmarks/results/h100-2026-11-26-wsbwd/fused_dq, ws_fused_ab2.json), the backward against the dQ pass: d128
-#: +6-17% from 4k keys (+4% at 1k non-causal, -4% causal); d64 causal -11% to +4%, so d64 keeps the dQ pass. A first
-#: form where each warpgroup added its own 64x128 tile (twice the traffic) was 8-31% slower at d128.
-WS_FUSED_DQ = ((128, 4096),)
+#: (head dim, causal, shortest seqlen_k): where the sequence-parallel mode adds dQ from this kernel (the copy
+#: engine's bulk add, ``ATOMIC_DQ``) instead of running a dQ pass after it. First timed on an H100 (bf16, 16k tokens,
+#: 2026-11-26; benchmarks/results/h100-2026-11-26-wsbwd/fused_dq, ws_fused_ab2.json): d128 +6-17% from 4k keys. Since
+#: its first warpgroup computes all of dQ, timed again below 4k keys and at d64 (benchmarks/results/
+#: h100-2026-11-26-persist/ab6_fused_short.json, forward+backward, CUDA-graph replays, medians of 4 rounds): d128
+#: without a mask +2% at 1k and 2k, +6% at 3k; causal 3% slower at 1k, level at 2k, +3% at 3k; d64 without a mask +1%
+#: at 1k, +8% at 4k and 16k; causal 4% slower at 1k, +1% at 4k, +9% at 16k. A first form where each warpgroup added
+#: its own 64x128 tile (twice the traffic) was 8-31% slower at d128.
+WS_FUSED_DQ = ((64, False, 0), (64, True, 4096), (128, False, 0), (128, True, 3072))
 
 
 #: (head dim, (BLOCK_M, BLOCK_N, STAGES)): where the dQ pass is the warp-specialised ``attn_bwd_dq_ws_kernel``
@@ -485,9 +488,9 @@ def ws_dq_tiles(head_dim: int) -> tuple[int, int, int] | None:
     return next((tiles for dim, tiles in WS_BWD_DQ if dim == head_dim), None)
 
 
-def ws_fused_dq(head_dim: int, seqlen_k: int) -> bool:
-    """Whether the sequence-parallel mode adds dQ from the dK/dV kernel for this call."""
-    return any(head_dim == dim and seqlen_k >= shortest for dim, shortest in WS_FUSED_DQ)
+def ws_fused_dq(head_dim: int, causal: bool, seqlen_k: int) -> bool:
+    """Whether the sequence-parallel mode adds dQ from the dK/dV kernel for this call (``WS_FUSED_DQ``)."""
+    return any(head_dim == dim and causal == c and seqlen_k >= shortest for dim, c, shortest in WS_FUSED_DQ)
 
 
 def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
