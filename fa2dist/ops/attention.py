@@ -405,15 +405,12 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     n_tiles = _cdiv(seqlen_q, block_m)
+    # A persistent grid: as many programs as fit on the GPU at once, each taking every so-many-th tile.
     persistent = ws_persistent(head_dim, causal, seqlen_k)
-    if persistent:
-        grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),)
-    else:
-        grid = (n_tiles, nheads, batch)
+    grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
     attn_fwd_ws_kernel[grid](
         *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch, seqlen_q,
-        seqlen_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+        seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
         INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, num_warps=4,
         **ws_launch_options(block_m, ctas),
     )
