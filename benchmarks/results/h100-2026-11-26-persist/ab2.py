@@ -12,7 +12,7 @@ from fa2dist.ops.kernels import hopper
 from bench_attention import _graph_ms
 OUT = os.environ.get("OUT", ".")
 PARTS = sys.argv[1:]
-spec = importlib.util.spec_from_file_location("hopper_head", "ab_old/s5/hopper_head.py")
+spec = importlib.util.spec_from_file_location("hopper_head", os.environ.get("HEAD_HOPPER", "hopper_head.py"))
 old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
 NEW_BWD = hopper.attn_bwd_dkdv_ws_kernel
 TILES0 = hopper.WS_TILES

@@ -9,7 +9,7 @@ import fa2dist
 from fa2dist.ops import attention
 from bench_attention import _graph_ms
 OUT = os.environ.get("OUT", ".")
-spec = importlib.util.spec_from_file_location("hopper_head", "ab_old/s5/hopper_head.py")
+spec = importlib.util.spec_from_file_location("hopper_head", os.environ.get("HEAD_HOPPER", "hopper_head.py"))
 old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
 NEW = attention._attn_fwd_ws
 def old_fwd(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim):
