@@ -381,8 +381,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
         first = gl.program_id(0)
         step = gl.num_programs(0)
         n_mine = gl.cdiv(gl.maximum(n_t * N_HEADS * BATCH - first, 0), step)
-    else:
-        first = gl.program_id(0) + n_t * (gl.program_id(1) + N_HEADS * gl.program_id(2))
+    else:  # unused: each partition takes its tile from the program ids (_query_program)
+        first = 0
         step = 1
         n_mine = 1
 
