@@ -80,23 +80,31 @@ if mode == "check":
                    finite=all(bool(torch.isfinite(t).all()) for t in gn[0]), secs=round(time.time() - t0, 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        ok = row["finite"] and row["new"][0] <= 1.5 * max(row["old"][0], row["det"][0]) + 1e-6 and row["dkdv_equal_old"]
+        row["dkdv_repeat_equal"] = all(torch.equal(a, c) for g in gn[1:] for a, c in zip(g[1:], gn[0][1:]))
+        ok = row["finite"] and all(row["new"][i] <= 1.5 * max(row["old"][i], row["det"][i]) + 1e-6 for i in range(3))
+        ok = ok and row["dkdv_repeat_equal"]
         print("OK" if ok else "FAIL", flush=True)
     json.dump(rows, open(os.path.join(OUT, "check.json"), "w"), indent=1)
 elif mode == "variants":
     import importlib.util
     import fa2dist.ops.attention as att
     src = open(os.path.join(ROOT, "fa2dist/ops/kernels/hopper.py")).read()
-    ATOM = 'count = gl.atomic_add(COUNTS + tile, 1, sem="acq_rel", scope="gpu")'
-    LAST = "if count == adds - 1:"
-    FLIGHT = "DQ_IN_FLIGHT = gl.constexpr(2)"
-    assert src.count(ATOM) == 1 and src.count(LAST) == 1 and src.count(FLIGHT) == 1
-    edits = {
-        "cur": [],
-        "noconv": [(LAST, "if count == -5:")],
-        "noatom": [(ATOM, "count = tile * 0 - 7")],
-        "flight1": [(FLIGHT, "DQ_IN_FLIGHT = gl.constexpr(1)")],
-    }
+    ROT = "DQ_ROTATE = gl.constexpr(True)"
+    assert src.count(ROT) == 1
+    edits = {"both": [], "rot": [], "zero": [(ROT, ROT.replace("True", "False"))],
+             "none": [(ROT, ROT.replace("True", "False"))]}
+    real_pre = att._attn_bwd_preprocess_kernel
+
+    class NoZero:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                if kw.get("ZERO_DQ"):
+                    args[3].zero_()
+                    kw["ZERO_DQ"] = False
+                return real_pre[grid](*args, **kw)
+            return launch
+
+    pre = {"both": real_pre, "rot": NoZero(), "zero": real_pre, "none": NoZero()}
     kernels = {}
     variants_dir = tempfile.mkdtemp()
     for name, eds in edits.items():
@@ -109,7 +117,8 @@ elif mode == "variants":
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         kernels[name] = mod.attn_bwd_dkdv_ws_kernel
-    shapes = [(64, 1024, False), (128, 1024, False), (128, 4096, False), (128, 16384, True), (64, 16384, False)]
+    shapes = [(64, 1024, False), (128, 1024, False), (64, 4096, False), (128, 4096, False), (128, 4096, True),
+              (64, 16384, False), (128, 16384, False), (128, 16384, True), (64, 16384, True)]
     res = {}
     for r in range(2):
         for d, n, causal in shapes:
@@ -125,6 +134,7 @@ elif mode == "variants":
                 fa = old_fa if name == "old" else new_fa
                 if name != "old":
                     att.attn_bwd_dkdv_ws_kernel = kernels[name]
+                    att._attn_bwd_preprocess_kernel = pre[name]
                 def step(fa=fa):
                     o = fa(q, k, v, causal=causal, layout="bhsd", deterministic=False)
                     return torch.autograd.grad(o, (q, k, v), do)
