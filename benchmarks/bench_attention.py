@@ -10,12 +10,17 @@ markdown table (also into BENCHMARKS.md with --update-md) and PNG plots.
 
 ``--cuda-graphs`` times each step replayed from a CUDA graph: the GPU time of the kernels without the host's launch
 path, which dominates short sequences (a few hundred to a few thousand tokens).
+
+``--warm-up-s`` and ``--rounds`` time the GPU under a sustained load, as in training: matmuls first bring it to a
+steady clock, then each shape times every provider in each round (the order reversed every other round) and each
+cell is the median over rounds. A cold GPU favours whichever provider runs first after a pause.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -159,6 +164,18 @@ def peak_memory(provider, q, k, v):
     return torch.cuda.max_memory_allocated() - base
 
 
+def sustained_load(seconds: float) -> None:
+    """bf16 matmuls for ``seconds``: the GPU's clock and temperature settle where a training run keeps them."""
+    import time
+
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    start = time.time()
+    while time.time() - start < seconds:
+        for _ in range(20):
+            x @ x
+        torch.cuda.synchronize()
+
+
 def environment():
     props = torch.cuda.get_device_properties(0)
     try:
@@ -187,6 +204,10 @@ def main(argv=None):
         "--cuda-graphs", action="store_true",
         help="time CUDA-graph replays (kernels without host time; 3 warm-up steps, --warmup unused)",
     )
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every provider this many times per shape, interleaved; cells are medians")
+    p.add_argument("--warm-up-s", type=float, default=0.0,
+                   help="seconds of bf16 matmuls before timing, to reach a sustained-load clock")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--update-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -197,7 +218,13 @@ def main(argv=None):
     causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     env = environment()
     env["timer"] = "CUDA-graph replays" if args.cuda_graphs else "CUDA events around eager calls"
+    if args.rounds > 1:
+        env["timer"] += f", medians of {args.rounds} interleaved rounds"
+    if args.warm_up_s > 0:
+        env["timer"] += f" after {args.warm_up_s:g} s of matmuls"
+        sustained_load(args.warm_up_s)
     rows = []
+    modes = args.modes.split(",")
     for dname in args.dtypes.split(","):
         for d in map(int, args.head_dims.split(",")):
             for n in map(int, args.seqlens.split(",")):
@@ -206,30 +233,68 @@ def main(argv=None):
                     g = torch.Generator(device="cuda").manual_seed(0)
                     q, k, v = (torch.randn(batch, nheads, n, d, device="cuda", dtype=dtypes[dname], generator=g)
                                .requires_grad_() for _ in range(3))
-                    for pname in args.providers.split(","):
-                        row = {"provider": pname, "dtype": dname, "head_dim": d, "seqlen": n, "batch": batch,
-                               "nheads": nheads, "causal": causal}
-                        try:
-                            prov = make_provider(pname, causal)
-                            for mode in args.modes.split(","):
-                                ms = bench_one(prov, q, k, v, mode, args.warmup, args.rep, args.cuda_graphs)
-                                row[f"{mode}_ms"] = ms
-                                row[f"{mode}_tflops"] = flops(batch, nheads, n, d, causal, mode) / ms * 1e-9
-                            row["peak_mem_mb"] = peak_memory(prov, q, k, v) / 2**20
-                        except Exception as e:  # a backend that refuses a shape is reported, not fatal
-                            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    names = args.providers.split(",")
+                    shape_rows = {pname: {"provider": pname, "dtype": dname, "head_dim": d, "seqlen": n,
+                                          "batch": batch, "nheads": nheads, "causal": causal} for pname in names}
+                    provs = {}
+                    for r in range(args.rounds):
+                        for pname in names if r % 2 == 0 else names[::-1]:
+                            row = shape_rows[pname]
+                            if "error" in row:
+                                continue
+                            try:  # a backend that refuses a shape is reported, not fatal
+                                if pname not in provs:
+                                    provs[pname] = make_provider(pname, causal)
+                                for mode in modes:
+                                    ms = bench_one(provs[pname], q, k, v, mode, args.warmup, args.rep,
+                                                   args.cuda_graphs)
+                                    row.setdefault(f"{mode}_ms_rounds", []).append(ms)
+                                    if args.cuda_graphs:  # return each graph's memory pool before the next
+                                        gc.collect()
+                                        torch.cuda.empty_cache()
+                            except Exception as e:
+                                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    for pname, row in shape_rows.items():
+                        if "error" not in row:
+                            try:
+                                for mode in modes:
+                                    times = sorted(row[f"{mode}_ms_rounds"])
+                                    row[f"{mode}_ms"] = ms = times[len(times) // 2]
+                                    row[f"{mode}_tflops"] = flops(batch, nheads, n, d, causal, mode) / ms * 1e-9
+                                row["peak_mem_mb"] = peak_memory(provs[pname], q, k, v) / 2**20
+                            except Exception as e:
+                                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                    del q, k, v
+                    del q, k, v, provs
                     torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)
-    md = markdown(env, rows, args.modes.split(","))
+    md = markdown(env, rows, modes)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     plot(rows, args.out)
+    if args.update_md:
+        update_benchmarks_md(md, os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     print(md)
+
+
+MD_BEGIN, MD_END = "<!-- bench_attention: begin -->", "<!-- bench_attention: end -->"
+
+
+def update_benchmarks_md(md: str, path: str) -> None:
+    """Put the table between BENCHMARKS.md's ``MD_BEGIN`` and ``MD_END`` markers (a new section at the end where the
+    file has none); the text around it is left as it is."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{MD_BEGIN}\n{md}{MD_END}"
+    if MD_BEGIN in text and MD_END in text:
+        head, rest = text.split(MD_BEGIN, 1)
+        text = head + block + rest.split(MD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest run of bench_attention.py\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def markdown(env, rows, modes):

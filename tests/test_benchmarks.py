@@ -1,0 +1,38 @@
+"""The benchmark script's CPU-side parts: the FLOP convention and writing its table into BENCHMARKS.md."""
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_attention", os.path.join(ROOT, "benchmarks", "bench_attention.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_follow_the_fa2_convention(bench):
+    forward = 4 * 2 * 16 * 1024**2 * 128
+    assert bench.flops(2, 16, 1024, 128, False, "fwd") == forward
+    assert bench.flops(2, 16, 1024, 128, True, "fwd") == forward / 2
+    assert bench.flops(2, 16, 1024, 128, False, "bwd") == 2.5 * forward
+    assert bench.flops(2, 16, 1024, 128, True, "fwdbwd") == 3.5 * forward / 2
+
+
+def test_update_md_replaces_only_its_own_block(bench, tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nCurated text.\n")
+    bench.update_benchmarks_md("| first |\n", str(path))
+    first = path.read_text()
+    assert first.startswith("# Benchmarks\n\nCurated text.\n") and "| first |" in first
+    path.write_text(first + "\nMore curated text after the table.\n")
+    bench.update_benchmarks_md("| second |\n", str(path))
+    second = path.read_text()
+    assert "| first |" not in second and second.count("| second |") == 1
+    assert second.count(bench.MD_BEGIN) == 1 and second.count(bench.MD_END) == 1
+    assert second.startswith("# Benchmarks\n\nCurated text.\n") and second.endswith("More curated text after the table.\n")
