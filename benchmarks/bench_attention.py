@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import sys
+import time
 from dataclasses import replace
 
 import torch
@@ -166,8 +167,6 @@ def peak_memory(provider, q, k, v):
 
 def sustained_load(seconds: float) -> None:
     """bf16 matmuls for ``seconds``: the GPU's clock and temperature settle where a training run keeps them."""
-    import time
-
     x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     start = time.time()
     while time.time() - start < seconds:
