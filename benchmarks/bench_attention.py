@@ -232,40 +232,12 @@ def main(argv=None):
                     g = torch.Generator(device="cuda").manual_seed(0)
                     q, k, v = (torch.randn(batch, nheads, n, d, device="cuda", dtype=dtypes[dname], generator=g)
                                .requires_grad_() for _ in range(3))
-                    names = args.providers.split(",")
-                    shape_rows = {pname: {"provider": pname, "dtype": dname, "head_dim": d, "seqlen": n,
-                                          "batch": batch, "nheads": nheads, "causal": causal} for pname in names}
-                    provs = {}
-                    for r in range(args.rounds):
-                        for pname in names if r % 2 == 0 else names[::-1]:
-                            row = shape_rows[pname]
-                            if "error" in row:
-                                continue
-                            try:  # a backend that refuses a shape is reported, not fatal
-                                if pname not in provs:
-                                    provs[pname] = make_provider(pname, causal)
-                                for mode in modes:
-                                    ms = bench_one(provs[pname], q, k, v, mode, args.warmup, args.rep,
-                                                   args.cuda_graphs)
-                                    row.setdefault(f"{mode}_ms_rounds", []).append(ms)
-                                    if args.cuda_graphs:  # return each graph's memory pool before the next
-                                        gc.collect()
-                                        torch.cuda.empty_cache()
-                            except Exception as e:
-                                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                    for pname, row in shape_rows.items():
-                        if "error" not in row:
-                            try:
-                                for mode in modes:
-                                    times = sorted(row[f"{mode}_ms_rounds"])
-                                    row[f"{mode}_ms"] = ms = times[len(times) // 2]
-                                    row[f"{mode}_tflops"] = flops(batch, nheads, n, d, causal, mode) / ms * 1e-9
-                                row["peak_mem_mb"] = peak_memory(provs[pname], q, k, v) / 2**20
-                            except Exception as e:
-                                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    meta = {"dtype": dname, "head_dim": d, "seqlen": n, "batch": batch, "nheads": nheads,
+                            "causal": causal}
+                    for row in time_shape(args, args.providers.split(","), modes, q, k, v, meta):
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                    del q, k, v, provs
+                    del q, k, v
                     torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -277,6 +249,46 @@ def main(argv=None):
     if args.update_md:
         update_benchmarks_md(md, os.path.join(os.path.dirname(__file__), "..", "BENCHMARKS.md"))
     print(md)
+
+
+def time_shape(args, names, modes, q, k, v, meta) -> list[dict]:
+    """One row per provider at one shape (``meta``): each mode timed in ``args.rounds`` rounds, the providers'
+    order reversed every other round; the cells are medians. A backend that refuses a shape is reported, not fatal."""
+    rows = {pname: {"provider": pname, **meta} for pname in names}
+    provs = {}
+    for r in range(args.rounds):
+        for pname in names if r % 2 == 0 else names[::-1]:
+            row = rows[pname]
+            if "error" in row:
+                continue
+            try:
+                if pname not in provs:
+                    provs[pname] = make_provider(pname, meta["causal"])
+                for mode in modes:
+                    ms = bench_one(provs[pname], q, k, v, mode, args.warmup, args.rep, args.cuda_graphs)
+                    row.setdefault(f"{mode}_ms_rounds", []).append(ms)
+                    if args.cuda_graphs:  # return each graph's memory pool before the next
+                        gc.collect()
+                        torch.cuda.empty_cache()
+            except Exception as e:
+                row["error"] = _error(e)
+    shape = (meta["batch"], meta["nheads"], meta["seqlen"], meta["head_dim"], meta["causal"])
+    for pname, row in rows.items():
+        if "error" in row:
+            continue
+        try:
+            for mode in modes:
+                times = sorted(row[f"{mode}_ms_rounds"])
+                row[f"{mode}_ms"] = ms = times[len(times) // 2]
+                row[f"{mode}_tflops"] = flops(*shape, mode) / ms * 1e-9
+            row["peak_mem_mb"] = peak_memory(provs[pname], q, k, v) / 2**20
+        except Exception as e:
+            row["error"] = _error(e)
+    return list(rows.values())
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
 
 
 MD_BEGIN, MD_END = "<!-- bench_attention: begin -->", "<!-- bench_attention: end -->"

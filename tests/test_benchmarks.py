@@ -36,3 +36,26 @@ def test_update_md_replaces_only_its_own_block(bench, tmp_path):
     assert "| first |" not in second and second.count("| second |") == 1
     assert second.count(bench.MD_BEGIN) == 1 and second.count(bench.MD_END) == 1
     assert second.startswith("# Benchmarks\n\nCurated text.\n") and second.endswith("More curated text after the table.\n")
+
+
+def test_rounds_interleave_providers_and_keep_medians(bench, monkeypatch):
+    calls = []
+    times = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 4.0, 6.0])}
+
+    def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs):
+        calls.append(provider)
+        if provider == "bad":
+            raise RuntimeError("shape refused")
+        return next(times[provider])
+
+    monkeypatch.setattr(bench, "make_provider", lambda name, causal: name)
+    monkeypatch.setattr(bench, "bench_one", bench_one)
+    monkeypatch.setattr(bench, "peak_memory", lambda provider, q, k, v: 2**20)
+    args = bench.argparse.Namespace(rounds=3, warmup=1, rep=1, cuda_graphs=False)
+    meta = {"dtype": "bf16", "head_dim": 64, "seqlen": 128, "batch": 2, "nheads": 4, "causal": False}
+    rows = bench.time_shape(args, ["a", "bad", "b"], ["fwd"], None, None, None, meta)
+    assert calls == ["a", "bad", "b", "b", "a", "a", "b"]  # reversed every other round; a refusal is not retried
+    a, bad, b = rows
+    assert a["fwd_ms"] == 2.0 and b["fwd_ms"] == 5.0 and a["peak_mem_mb"] == 1.0
+    assert a["fwd_tflops"] == bench.flops(2, 4, 128, 64, False, "fwd") / 2.0 * 1e-9
+    assert bad["error"] == "RuntimeError: shape refused" and "fwd_ms" not in bad
