@@ -565,8 +565,9 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
     for two programs per SM, whose registers must fit twice too), with the register split it asks for (one loading
     warp at 24 registers, the computing warpgroups at 240, 160, or 112 for two programs per SM) and at most a few words
     of spills (ptxas's own report: 32 bytes with two programs per SM, 0 elsewhere, as timed in
-    BENCHMARKS.md). (Its numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
-    from fa2dist.ops.kernels.hopper import WS_PERSISTENT, attn_fwd_ws_kernel, ws_launch_options
+    BENCHMARKS.md; the causal d128 grid drawing tiles from a counter, 28). (Its numerics run on the GPU only:
+    tests/test_gpu_kernels.py.)"""
+    from fa2dist.ops.kernels.hopper import WS_PERSISTENT, attn_fwd_ws_kernel, ws_dynamic, ws_launch_options
 
     head_dim, _, (block_m, block_n, stages, ctas) = row
     for dtype in (torch.bfloat16, torch.float16):
@@ -577,12 +578,17 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
-                     sm_scale="fp32")
-        # The persistent grid too, where some length runs it (WS_PERSISTENT).
-        for persistent in {False, any(dim == head_dim and c == causal for dim, c, _ in WS_PERSISTENT)}:
-            ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent), types,
+                     COUNTER="*i32", sm_scale="fp32")
+        # The persistent grids too, where some length of this row runs them (WS_PERSISTENT, WS_DYNAMIC).
+        grids = {(False, False)}
+        if any(dim == head_dim and c == causal for dim, c, _ in WS_PERSISTENT):
+            grids.add((True, False))
+        if ws_dynamic(head_dim, causal, row[1]):
+            grids.add((True, True))
+        for persistent, dynamic in grids:
+            ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent, DYNAMIC=dynamic), types,
                                 str(options["REGS"]), programs_per_sm=ctas)
-            assert _ptxas_spill_bytes(ptx) <= (32 if ctas == 2 else 8)
+            assert _ptxas_spill_bytes(ptx) <= (32 if ctas == 2 or dynamic and causal else 8)
 
 
 @needs_compiler
@@ -607,7 +613,14 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90; everything else runs the Triton
     forward."""
     from fa2dist.ops import attention
-    from fa2dist.ops.kernels.hopper import ws_bwd_tiles, ws_fused_dq, ws_interleave, ws_persistent, ws_tiles
+    from fa2dist.ops.kernels.hopper import (
+        ws_bwd_tiles,
+        ws_dynamic,
+        ws_fused_dq,
+        ws_interleave,
+        ws_persistent,
+        ws_tiles,
+    )
 
     if attention.attn_fwd_ws_kernel is None:
         pytest.skip("this Triton has no Gluon")
@@ -624,9 +637,12 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
     assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
     assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1
-    # Persistent grids: d128 without a mask only.
+    # Persistent grids: d128 without a mask, and (tiles drawn from a counter) d64 and d128 at short lengths.
     assert ws_persistent(128, False, 1024) and ws_persistent(128, False, 1 << 20)
     assert not (ws_persistent(128, True, 1024) or ws_persistent(64, False, 1024) or ws_persistent(256, False, 1024))
+    assert ws_dynamic(64, False, 2047) and ws_dynamic(64, True, 1) and not ws_dynamic(64, True, 2048)
+    assert ws_dynamic(128, False, 2048) and ws_dynamic(128, True, 1024) and not ws_dynamic(128, True, 2049)
+    assert not (ws_dynamic(256, False, 1024) or ws_dynamic(256, True, 1024))
     # The dK/dV kernels: d64, d128 and d256.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
     assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None

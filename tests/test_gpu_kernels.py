@@ -182,24 +182,48 @@ def test_interleaved_causal_forward_matches_head_by_head(shape, monkeypatch):
     assert torch.equal(out, out1) and torch.equal(lse, lse1)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 2, 777, 4100, 128), (40, 16, 16, 1024, 1024, 128), (1, 3, 3, 65, 129, 128),
-                                   (3, 7, 7, 1500, 1000, 128)],
-                         ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
-def test_persistent_forward_matches_one_tile_a_program(shape, monkeypatch):
-    """The Gluon forward's persistent grid (``ws_persistent``: fewer programs than tiles, more programs than tiles,
-    grouped-query heads) computes every tile once: output and LSE bitwise equal to one tile a program."""
+PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dynamic one
+    ((2, 4, 2, 777, 4100, 128), False),
+    ((1, 3, 3, 300, 16384, 128), False),
+    ((40, 16, 16, 1024, 1024, 128), False),  # many tiles a program
+    ((40, 16, 16, 1024, 1024, 128), True),
+    ((1, 3, 3, 65, 129, 128), False),  # fewer tiles than programs
+    ((1, 3, 3, 65, 129, 128), True),
+    ((3, 7, 7, 1500, 1000, 128), True),  # rows that see no key
+    ((2, 6, 2, 1000, 1900, 64), True),  # grouped-query heads, two programs per SM
+    ((24, 16, 16, 1024, 1024, 64), False),
+    ((24, 16, 16, 1024, 1024, 64), True),
+]
+
+
+@pytest.mark.parametrize("shape,causal", PERSISTENT_CASES,
+                         ids=lambda c: "b{}h{}-{}q{}k{}d{}".format(*c) if isinstance(c, tuple) else str(c))
+def test_persistent_forward_matches_one_tile_a_program(shape, causal, monkeypatch):
+    """The Gluon forward's persistent grids (``ws_persistent``, and ``ws_dynamic``'s programs drawing tiles from a
+    counter: fewer programs than tiles, more programs than tiles, grouped-query heads, causal rows that see no key)
+    compute every tile once: output and LSE bitwise equal to one tile a program. The dynamic kernel leaves its counter
+    at zero: three launches on one counter agree bitwise."""
+    from fa2dist.ops import attention
     from fa2dist.ops.kernels import hopper
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the warp-specialised forward runs on sm_90")
     batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
-    assert hopper.ws_persistent(head_dim, False, seqlen_k)
+    dynamic = hopper.ws_dynamic(head_dim, causal, seqlen_k)
+    assert dynamic or hopper.ws_persistent(head_dim, causal, seqlen_k)
     q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda", "bshd", 3)
-    out, lse = fa2dist.flash_attention(q, k, v, return_lse=True)
+    counter = torch.zeros(1, dtype=torch.int32, device="cuda")
+    monkeypatch.setattr(attention, "_tile_counter", lambda device: counter)
+    runs = []
+    for _ in range(3 if dynamic else 1):
+        runs.append(fa2dist.flash_attention(q, k, v, causal=causal, return_lse=True))
+        assert counter.item() == 0
     monkeypatch.setattr(hopper, "WS_PERSISTENT", ())
-    assert not hopper.ws_persistent(head_dim, False, seqlen_k)
-    out1, lse1 = fa2dist.flash_attention(q, k, v, return_lse=True)
-    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+    monkeypatch.setattr(hopper, "WS_DYNAMIC", ())
+    assert not (hopper.ws_persistent(head_dim, causal, seqlen_k) or hopper.ws_dynamic(head_dim, causal, seqlen_k))
+    out1, lse1 = fa2dist.flash_attention(q, k, v, causal=causal, return_lse=True)
+    for out, lse in runs:
+        assert torch.equal(out, out1) and torch.equal(lse, lse1)
 
 
 WS_BWD_SHAPES = [

@@ -29,6 +29,7 @@ try:
         attn_fwd_ws_kernel,
         ws_bwd_tiles,
         ws_dq_tiles,
+        ws_dynamic,
         ws_fused_dq,
         ws_interleave,
         ws_launch_options,
@@ -405,15 +406,25 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     n_tiles = _cdiv(seqlen_q, block_m)
-    # A persistent grid: as many programs as fit on the GPU at once, each taking every so-many-th tile.
-    persistent = ws_persistent(head_dim, causal, seqlen_k)
+    # A persistent grid: as many programs as fit on the GPU at once, each taking every so-many-th tile, or (dynamic)
+    # drawing its next tile from a counter as it comes free.
+    dynamic = ws_dynamic(head_dim, causal, seqlen_k)
+    persistent = dynamic or ws_persistent(head_dim, causal, seqlen_k)
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
+    counter = _tile_counter(q.device) if dynamic else lse
     attn_fwd_ws_kernel[grid](
-        *descs, lse, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch, seqlen_q,
+        *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch, seqlen_q,
         seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, num_warps=4,
+        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic, num_warps=4,
         **ws_launch_options(block_m, ctas),
     )
+
+
+def _tile_counter(device: torch.device) -> torch.Tensor:
+    """A dynamic forward's tile counter, zero at launch. The kernel leaves it at zero, but a fresh one per call keeps
+    launches on concurrent streams (or after a failed launch) apart; its fill costs about as much as a cached one
+    saved (benchmarks/results/h100-2026-11-27-dynamic)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 @functools.cache

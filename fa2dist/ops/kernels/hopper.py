@@ -86,6 +86,22 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
     return any(head_dim == dim and causal == c and seqlen_k <= longest for dim, c, longest in WS_PERSISTENT)
 
 
+#: (head dim, causal, longest seqlen_k): the forwards whose persistent programs draw their tiles from a counter
+#: (``attn_fwd_ws_kernel``'s DYNAMIC; they take precedence over ``WS_PERSISTENT``): the tiles go out in launch order
+#: (longest first where causal), each to whichever program comes free, so that causal grids stay balanced where a
+#: fixed share of tiles did not. Timed on an H100 (bf16, 16k tokens, 2026-11-27; benchmarks/results/
+#: h100-2026-11-27-dynamic, CUDA-graph replays, medians of 3 interleaved rounds), against the grids before: d64 at 1k
+#: +5% causal, +2-4% without a mask; d128 at 1k +4% causal, +2% without a mask (against the fixed persistent grid);
+#: d128 at 4k and 16k level (causal or not); d64 from 4k causal 2-4% slower (192x128 tiles spill persistent), d256
+#: level to 3% slower.
+WS_DYNAMIC = ((64, False, 2047), (64, True, 2047), (128, False, 2048), (128, True, 2048))
+
+
+def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
+    """Whether this forward runs a persistent grid whose programs draw their tiles from a counter (``WS_DYNAMIC``)."""
+    return any(head_dim == dim and causal == c and seqlen_k <= longest for dim, c, longest in WS_DYNAMIC)
+
+
 def ws_launch_options(block_m: int, ctas: int) -> dict:
     """The forward's register split: with two programs per SM every thread starts with at most 80 registers (a
     program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second computing
@@ -151,10 +167,31 @@ def _tile_coords(t, n_t, n_h, n_z, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexp
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                     first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr,
-                    PERSISTENT: gl.constexpr):
+                    PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr):
     """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
-    ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile."""
-    if PERSISTENT:
+    ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile.
+    DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER`` (``_next_tile``),
+    handed to the warpgroups through ``ids``."""
+    if DYNAMIC:
+        total = n_t * n_h * n_z
+        tile = first
+        kv = 0  # K/V tiles loaded so far
+        j = 0
+        while tile < total:
+            _put_tile_id(ids, j, tile)
+            start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+            kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES,
+                            CAUSAL, PERSISTENT)
+            tile = _next_tile(COUNTER, step, total)
+            j += 1
+        # No tile left: the warpgroups read a tile past the last one (once their buffers are free) and stop.
+        _put_tile_id(ids, j, tile)
+        NUM_WG: gl.constexpr = q_smem.shape[0]
+        for w in gl.static_range(NUM_WG):
+            mbarrier.wait(q_free.index(w), (j & 1) ^ 1)
+            mbarrier.arrive(q_bars.index(w))
+    elif PERSISTENT:
         kv = 0  # K/V tiles loaded so far
         for j in range(n_mine):
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
@@ -210,6 +247,31 @@ def _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT: gl.
 
 
 @gluon.jit
+def _next_tile(COUNTER, step, total):
+    """The next query tile of a DYNAMIC forward's program: ``step`` (the programs, which start with tiles 0 to step -
+    1) past a draw from the launch's counter, so that the tiles go out in launch order to whichever program is free.
+    Each program draws until a tile lies past the last one: ``total`` draws in all, the last of them ``total - 1``;
+    the program that draws it sets the counter back to zero for the next launch on the stream."""
+    drawn = gl.atomic_add(COUNTER, 1, sem="relaxed")
+    if drawn == total - 1:
+        gl.atomic_xchg(COUNTER, 0, sem="relaxed")
+    return step + drawn
+
+
+@gluon.jit
+def _put_tile_id(ids, j, tile):
+    """The loading warp hands the program's ``j``-th tile index to the warpgroups (slot j % 2 of ``ids``; they read
+    it once the tile's Q barrier completes)."""
+    ids.index(j % 2).store(gl.full([1], tile, gl.int32, gl.BlockedLayout([1], [32], [1], [0])))
+
+
+@gluon.jit
+def _get_tile_id(ids, j):
+    """A computing warpgroup's read of the program's ``j``-th tile index (``_put_tile_id``)."""
+    return gl.max(ids.index(j % 2).load(gl.BlockedLayout([1], [32], [4], [0])), 0)
+
+
+@gluon.jit
 def _key_tiles(rows_end, diag, N_K, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
     """The BLOCK_N-key tiles that query rows before ``rows_end`` see: all of them, or, causal, up to the diagonal of
     the last of those rows (``diag`` = N_K - N_Q)."""
@@ -255,9 +317,24 @@ def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUS
 def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                        first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                       CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr):
+                       CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
+                       ids, DYNAMIC: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
-    if PERSISTENT:
+    if DYNAMIC:
+        total = n_t * n_h * n_z
+        kv = 0  # K/V tiles of the ring used so far
+        j = 0
+        mbarrier.wait(q_bars.index(WG), 0)
+        tile = _get_tile_id(ids, 0)
+        while tile < total:
+            start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+            kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                              start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG)
+            j += 1
+            mbarrier.wait(q_bars.index(WG), j & 1)
+            tile = _get_tile_id(ids, j)
+    elif PERSISTENT:
         kv = 0  # K/V tiles of the ring used so far
         for j in range(n_mine):
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
@@ -364,15 +441,17 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
 
 
 @gluon.jit
-def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS, BATCH,
-                       N_Q, N_K,
+def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS,
+                       BATCH, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
-                       PERSISTENT: gl.constexpr = False):
+                       PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
-    items), and loads a tile's first keys while it finishes the tile before. ``q_desc`` and ``o_desc`` have 64-row
+    items), and loads a tile's first keys while it finishes the tile before. DYNAMIC (with PERSISTENT): program p
+    runs tile p first, then whichever tile the launch's ``COUNTER`` (int32, zero at launch, zero again at exit) hands
+    it next, in the same order. ``q_desc`` and ``o_desc`` have 64-row
     blocks (one per compute warpgroup), ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads,
     seqlen, head dim) with head-dim-wide blocks. BLOCK_M is 128 or 192; REGS the registers of each computing
     warpgroup past the first (``ws_launch_options``)."""
@@ -395,6 +474,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
     k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ids = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     for w in gl.static_range(NUM_WG):
         mbarrier.init(q_bars.index(w), count=1)
         mbarrier.init(q_free.index(w), count=1)
@@ -412,14 +492,15 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0)),
+                                      PERSISTENT, 0, ids, DYNAMIC)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1)),
+                                      PERSISTENT, 1, ids, DYNAMIC)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
-                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT)),
+                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC)),
             ],
             [4, 1],
             [REGS, 24],
@@ -430,18 +511,19 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, sm_scale, stride_lz,
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0)),
+                                      PERSISTENT, 0, ids, DYNAMIC)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1)),
+                                      PERSISTENT, 1, ids, DYNAMIC)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2)),
+                                      PERSISTENT, 2, ids, DYNAMIC)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
-                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT)),
+                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC)),
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
