@@ -100,25 +100,38 @@ def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
     if mode == "fwd":
         def step():
             return fn(q, k, v)
+    elif mode == "bwd":
+        # The forward runs on the stream that captures its backward: autograd runs backward ops on their forward's
+        # stream, and cuDNN's SDPA failed its first backward capture in a process when that was another stream.
+        stream = torch.cuda.Stream() if cuda_graphs else torch.cuda.current_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            out = fn(q, k, v)
+            do = torch.randn_like(out)
+        torch.cuda.current_stream().wait_stream(stream)
+
+        def step():
+            return torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        if cuda_graphs:
+            return _graph_ms(step, rep, stream)
     else:
-        out = fn(q, k, v)
-        do = torch.randn_like(out)
-        if mode == "bwd":
-            def step():
-                return torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        else:
-            def step():
-                o = fn(q, k, v)
-                return torch.autograd.grad(o, (q, k, v), do)
+        # No eager forward here: with one (and its graph kept), cuDNN's SDPA failed its first forward+backward
+        # graph capture in a process ("operation failed due to a previous error during capture").
+        do = torch.randn_like(q)
+
+        def step():
+            o = fn(q, k, v)
+            return torch.autograd.grad(o, (q, k, v), do)
     if cuda_graphs:
         return _graph_ms(step, rep)
     return triton.testing.do_bench(step, warmup=warmup, rep=rep, return_mode="median")
 
 
-def _graph_ms(step, rep_ms: float) -> float:
+def _graph_ms(step, rep_ms: float, stream: torch.cuda.Stream | None = None) -> float:
     """Milliseconds per ``step`` replayed from a CUDA graph: one step captured (after warm-up on a side stream, as
-    capture requires), then replays queued back to back and timed in batches; the median batch."""
-    stream = torch.cuda.Stream()
+    capture requires: ``stream``, else a new one), then replays queued back to back and timed in batches; the median
+    batch."""
+    stream = stream or torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
@@ -127,13 +140,14 @@ def _graph_ms(step, rep_ms: float) -> float:
     for attempt in range(2):
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=stream):
                 step()
             break
         except RuntimeError as err:  # a failed capture is retried once (out of memory is not)
+            torch.cuda.synchronize()
+            _end_failed_capture()
             if attempt or "out of memory" in str(err):
                 raise
-            torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -152,6 +166,17 @@ def _graph_ms(step, rep_ms: float) -> float:
         times.append(start.elapsed_time(end) / per_batch)
     del graph
     return sorted(times)[len(times) // 2]
+
+
+def _end_failed_capture() -> None:
+    """Capture and drop a one-kernel graph after a failed capture: otherwise the random generators keep the failed
+    capture's state, and the next random draw outside a capture fails ("Offset increment outside graph capture
+    encountered unexpectedly"), which cost every later cell of the run."""
+    x = torch.zeros(1, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        x.add_(1)
+    del graph
 
 
 def peak_memory(provider, q, k, v):
