@@ -411,10 +411,10 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     dynamic = ws_dynamic(head_dim, causal, seqlen_k)
     persistent = dynamic or ws_persistent(head_dim, causal, seqlen_k)
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
-    counter = _tile_counter(q.device) if dynamic else lse
+    counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
     attn_fwd_ws_kernel[grid](
-        *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch, seqlen_q,
-        seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+        *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
+        seqlen_q, seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
         INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic, num_warps=4,
         **ws_launch_options(block_m, ctas),
     )

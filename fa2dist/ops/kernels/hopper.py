@@ -90,10 +90,10 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 #: (``attn_fwd_ws_kernel``'s DYNAMIC; they take precedence over ``WS_PERSISTENT``): the tiles go out in launch order
 #: (longest first where causal), each to whichever program comes free, so that causal grids stay balanced where a
 #: fixed share of tiles did not. Timed on an H100 (bf16, 16k tokens, 2026-11-27; benchmarks/results/
-#: h100-2026-11-27-dynamic, CUDA-graph replays, medians of 3 interleaved rounds), against the grids before: d64 at 1k
-#: +5% causal, +2-4% without a mask; d128 at 1k +4% causal, +2% without a mask (against the fixed persistent grid);
-#: d128 at 4k and 16k level (causal or not); d64 from 4k causal 2-4% slower (192x128 tiles spill persistent), d256
-#: level to 3% slower.
+#: h100-2026-11-27-dynamic, CUDA-graph replays, medians of 3 interleaved rounds, two runs), against the grids before:
+#: d64 and d128 from 512 to 2k keys +1-5% (d64 1k without a mask +2% and -2%; d128 without a mask against the fixed
+#: persistent grid); d128 at 4k and 16k level; d64 from 4k causal 2-4% slower (its 192x128 kernel spills on any
+#: persistent grid); d256 level to 3% slower.
 WS_DYNAMIC = ((64, False, 2047), (64, True, 2047), (128, False, 2048), (128, True, 2048))
 
 
@@ -170,8 +170,8 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
                     PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr):
     """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
     ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile.
-    DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER`` (``_next_tile``),
-    handed to the warpgroups through ``ids``."""
+    DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER``
+    (``_next_tile``), handed to the warpgroups through ``ids``."""
     if DYNAMIC:
         total = n_t * n_h * n_z
         tile = first
@@ -451,10 +451,9 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
     items), and loads a tile's first keys while it finishes the tile before. DYNAMIC (with PERSISTENT): program p
     runs tile p first, then whichever tile the launch's ``COUNTER`` (int32, zero at launch, zero again at exit) hands
-    it next, in the same order. ``q_desc`` and ``o_desc`` have 64-row
-    blocks (one per compute warpgroup), ``k_desc`` and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads,
-    seqlen, head dim) with head-dim-wide blocks. BLOCK_M is 128 or 192; REGS the registers of each computing
-    warpgroup past the first (``ws_launch_options``)."""
+    it next, in the same order. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup), ``k_desc``
+    and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide blocks.
+    BLOCK_M is 128 or 192; REGS the registers of each computing warpgroup past the first (``ws_launch_options``)."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
