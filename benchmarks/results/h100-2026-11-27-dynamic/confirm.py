@@ -12,7 +12,7 @@ import fa2dist  # noqa: E402
 from fa2dist.ops.kernels import hopper  # noqa: E402
 from bench_attention import _graph_ms  # noqa: E402
 
-OUT = os.environ.get("OUT", "/tmp")
+OUT = os.environ.get("OUT", ".")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 TABLE = hopper.WS_DYNAMIC
 SHAPES = [(64, 1024, True), (64, 1024, False), (64, 1536, True), (64, 1536, False), (128, 1024, True),

@@ -13,7 +13,7 @@ from fa2dist.ops import attention as att  # noqa: E402
 from fa2dist.ops.kernels import hopper  # noqa: E402
 from bench_attention import _graph_ms  # noqa: E402
 
-OUT = os.environ.get("OUT", "/tmp")
+OUT = os.environ.get("OUT", ".")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 ALL = tuple((d, c, 1 << 31) for d in (64, 128, 256) for c in (False, True))
 BASE = dict(WS_TILES=hopper.WS_TILES, WS_PERSISTENT=hopper.WS_PERSISTENT, WS_DYNAMIC=hopper.WS_DYNAMIC)

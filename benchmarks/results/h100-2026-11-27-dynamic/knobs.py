@@ -13,7 +13,7 @@ import fa2dist  # noqa: E402
 from fa2dist.ops.kernels import hopper  # noqa: E402
 from bench_attention import _graph_ms  # noqa: E402
 
-OUT = os.environ.get("OUT", "/tmp")
+OUT = os.environ.get("OUT", ".")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 BASE = dict(WS_TILES=hopper.WS_TILES, WS_INTERLEAVE=hopper.WS_INTERLEAVE, WS_PERSISTENT=hopper.WS_PERSISTENT)
 

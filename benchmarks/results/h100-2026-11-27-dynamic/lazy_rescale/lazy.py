@@ -15,7 +15,7 @@ from fa2dist.ops import attention as att  # noqa: E402
 import hv  # noqa: E402
 from bench_attention import _graph_ms  # noqa: E402
 
-OUT = os.environ.get("OUT", "/tmp")
+OUT = os.environ.get("OUT", ".")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 BASE_KERNEL = att.attn_fwd_ws_kernel
 
