@@ -97,6 +97,7 @@ def make_provider(name, causal):
 
 def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
     fn = provider
+    stream = None  # the side stream that warms up and captures a graph (None: a new one)
     if mode == "fwd":
         def step():
             return fn(q, k, v)
@@ -112,8 +113,6 @@ def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
 
         def step():
             return torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
-        if cuda_graphs:
-            return _graph_ms(step, rep, stream)
     else:
         # No eager forward here: with one (and its graph kept), cuDNN's SDPA failed its first forward+backward
         # graph capture in a process ("operation failed due to a previous error during capture").
@@ -123,7 +122,7 @@ def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
             o = fn(q, k, v)
             return torch.autograd.grad(o, (q, k, v), do)
     if cuda_graphs:
-        return _graph_ms(step, rep)
+        return _graph_ms(step, rep, stream)
     return triton.testing.do_bench(step, warmup=warmup, rep=rep, return_mode="median")
 
 
