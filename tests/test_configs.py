@@ -558,23 +558,33 @@ def _compile_sm90(kernel, constexprs: dict, types: dict, compute_regs: str = "24
 
 
 @needs_compiler
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("row", WS_TILES, ids=lambda r: f"d{r[0]}-{r[2][0]}x{r[2][1]}-{r[2][3]}per-sm")
+@pytest.mark.parametrize(
+    "row,causal",
+    [(row, causal) for row in WS_TILES for causal in ((False, True) if row[1] is None else (row[1],))],
+    ids=lambda r: f"d{r[0]}-from{r[2]}-{r[3][0]}x{r[3][1]}s{r[3][2]}-{r[3][3]}per-sm" if isinstance(r, tuple)
+    else ("causal" if r else "full"),
+)
 def test_warp_specialized_forward_fits_hopper(row, causal):
     """The Gluon kernel compiles for sm_90 with each registered tile, within the H100's shared memory (twice over
     for two programs per SM, whose registers must fit twice too), with the register split it asks for (one loading
-    warp at 24 registers, the computing warpgroups at 240, 160, or 112 for two programs per SM) and at most a few words
-    of spills (ptxas's own report: 32 bytes with two programs per SM, 0 elsewhere, as timed in
-    BENCHMARKS.md; the causal d128 grid drawing tiles from a counter, 28). (Its numerics run on the GPU only:
-    tests/test_gpu_kernels.py.)"""
-    from fa2dist.ops.kernels.hopper import WS_PERSISTENT, attn_fwd_ws_kernel, ws_dynamic, ws_launch_options
+    warp at 24 registers, the computing warpgroups at 240, 160, or 112 for two programs per SM or four warpgroups)
+    and at most a few words of spills (ptxas's own report: 32 bytes with two programs per SM, 0 elsewhere, as timed
+    in BENCHMARKS.md; the causal grids drawing tiles from a counter, 28 at d128 and 12 with 256-row tiles). (Its
+    numerics run on the GPU only: tests/test_gpu_kernels.py.)"""
+    from fa2dist.ops.kernels.hopper import (
+        WS_PERSISTENT,
+        attn_fwd_ws_kernel,
+        ws_dynamic,
+        ws_launch_options,
+        ws_output_buffer,
+    )
 
-    head_dim, _, (block_m, block_n, stages, ctas) = row
+    head_dim, _, shortest, (block_m, block_n, stages, ctas) = row
     for dtype in (torch.bfloat16, torch.float16):
         options = ws_launch_options(block_m, ctas)
         # Causal: the interleaved grid order (ws_interleave), whose index arithmetic must not cost spills either.
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-                          INTERLEAVE=4 if causal else 1, **options)
+                          INTERLEAVE=4 if causal else 1, O_BUF=ws_output_buffer(head_dim), **options)
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
@@ -583,7 +593,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         grids = {(False, False)}
         if any(dim == head_dim and c == causal for dim, c, _ in WS_PERSISTENT):
             grids.add((True, False))
-        if ws_dynamic(head_dim, causal, row[1]):
+        if ws_dynamic(head_dim, causal, shortest):
             grids.add((True, True))
         for persistent, dynamic in grids:
             ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent, DYNAMIC=dynamic), types,
@@ -618,6 +628,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         ws_dynamic,
         ws_fused_dq,
         ws_interleave,
+        ws_output_buffer,
         ws_persistent,
         ws_tiles,
     )
@@ -631,16 +642,24 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     causal = attention.Features(0.125, window_right=0)
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 1, dense) and attention._warp_specialized(q, 64, 2048, causal)
-    assert ws_tiles(64, 1) == ws_tiles(64, 2047) == (128, 64, 3, 2)  # two programs per SM
-    assert ws_tiles(64, 2048) == ws_tiles(64, 16384) == (192, 128, 3, 1)
-    assert ws_tiles(256, 1) == ws_tiles(256, 16384) == (128, 32, 4, 1)
+    # d64: 256-row tiles (four computing warpgroups) below 2k keys without a mask and from 1.5k to 4k causal; two
+    # programs per SM causal below 1.5k; 192-row tiles from 2k without a mask and past 4k causal.
+    assert ws_tiles(64, 1, False) == ws_tiles(64, 2047, False) == ws_tiles(64, 1536, True) == (256, 64, 6, 1)
+    assert ws_tiles(64, 1, True) == ws_tiles(64, 1535, True) == (128, 64, 3, 2)
+    assert ws_tiles(64, 2048, True) == ws_tiles(64, 4096, True) == (256, 64, 4, 1)
+    assert ws_tiles(64, 2048, False) == ws_tiles(64, 4097, True) == ws_tiles(64, 16384, False) == (192, 128, 3, 1)
+    assert ws_tiles(128, 1, True) == ws_tiles(128, 16384, False) == (128, 128, 3, 1)
+    assert ws_tiles(256, 1, False) == ws_tiles(256, 16384, True) == (128, 32, 4, 1)
+    assert ws_tiles(96, 1024, False) is None
+    assert ws_output_buffer(64) and not (ws_output_buffer(128) or ws_output_buffer(256))
     # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
     assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
     assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1
     # Persistent grids: d128 without a mask, and (tiles drawn from a counter) d64 and d128 at short lengths.
     assert ws_persistent(128, False, 1024) and ws_persistent(128, False, 1 << 20)
     assert not (ws_persistent(128, True, 1024) or ws_persistent(64, False, 1024) or ws_persistent(256, False, 1024))
-    assert ws_dynamic(64, False, 2047) and ws_dynamic(64, True, 1) and not ws_dynamic(64, True, 2048)
+    assert ws_dynamic(64, False, 2047) and ws_dynamic(64, True, 2048) and not ws_dynamic(64, True, 2049)
+    assert not ws_dynamic(64, False, 2048)
     assert ws_dynamic(128, False, 2048) and ws_dynamic(128, True, 1024) and not ws_dynamic(128, True, 2049)
     assert not (ws_dynamic(256, False, 1024) or ws_dynamic(256, True, 1024))
     # The dK/dV kernels: d64, d128 and d256.

@@ -109,10 +109,13 @@ WS_SHAPES = [
     (1, 4, 4, 1, 77, 128),
     (1, 2, 1, 129, 1031, 128),
     (2, 8, 8, 4096, 4096, 128),
-    (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: two programs per SM
+    (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: 256-row tiles (four computing warpgroups); causal, two programs
     (1, 2, 2, 300, 64, 64),
     (1, 3, 3, 1, 1031, 64),
-    (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys: 192-row tiles (three computing warpgroups)
+    (1, 4, 2, 1600, 1700, 64),  # causal from 1.5k keys: 256-row tiles too
+    (2, 3, 3, 2048, 2048, 64),
+    (1, 3, 1, 1000, 3000, 64),
+    (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys without a mask, past 4k causal: 192-row tiles (three warpgroups)
     (1, 2, 2, 2050, 2050, 64),
     (1, 2, 2, 8200, 8200, 64),
     (1, 2, 1, 200, 9000, 64),
@@ -190,9 +193,11 @@ PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dyn
     ((1, 3, 3, 65, 129, 128), False),  # fewer tiles than programs
     ((1, 3, 3, 65, 129, 128), True),
     ((3, 7, 7, 1500, 1000, 128), True),  # rows that see no key
-    ((2, 6, 2, 1000, 1900, 64), True),  # grouped-query heads, two programs per SM
+    ((2, 6, 2, 1000, 1900, 64), True),  # grouped-query heads, 256-row tiles
     ((24, 16, 16, 1024, 1024, 64), False),
-    ((24, 16, 16, 1024, 1024, 64), True),
+    ((24, 16, 16, 1024, 1024, 64), True),  # two programs per SM
+    ((3, 4, 4, 2048, 2048, 64), True),
+    ((1, 3, 3, 65, 129, 64), False),
 ]
 
 

@@ -33,6 +33,7 @@ try:
         ws_fused_dq,
         ws_interleave,
         ws_launch_options,
+        ws_output_buffer,
         ws_persistent,
         ws_tiles,
     )
@@ -379,7 +380,7 @@ def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Feat
     """Whether this forward runs the warp-specialised Hopper kernel: a head dim and length it has tiles for
     (``hopper.WS_TILES``) and :func:`_dense_on_sm90`. The caller has checked that the tensors suit tensor
     descriptors."""
-    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, seqlen_k) is not None
+    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, seqlen_k, feats.window_right == 0) is not None
 
 
 def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
@@ -401,8 +402,8 @@ def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
 
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
-    block_m, block_n, stages, ctas = ws_tiles(head_dim, seqlen_k)
     causal = feats.window_right == 0
+    block_m, block_n, stages, ctas = ws_tiles(head_dim, seqlen_k, causal)
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     n_tiles = _cdiv(seqlen_q, block_m)
@@ -415,7 +416,8 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
         seqlen_q, seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic, num_warps=4,
+        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic,
+        O_BUF=ws_output_buffer(head_dim), num_warps=4,
         **ws_launch_options(block_m, ctas),
     )
 

@@ -6,7 +6,7 @@ roles themselves (as FlashAttention-3 does):
 - a **load partition** (one warp) copies the tiles a program keeps (Q in the forward and the dQ pass, K and V in the
   dK/dV kernels) once, and streams the others through a ring of ``STAGES`` shared-memory buffers with the Tensor
   Memory Accelerator; mbarriers say "landed" and "free again";
-- two or three **compute partitions** (one warpgroup each) issue the asynchronous warpgroup MMAs and the softmax
+- two to four **compute partitions** (one warpgroup each) issue the asynchronous warpgroup MMAs and the softmax
   work, each at its own pace. In the forward each owns 64 query rows: it issues tile j's q.k product, then tile
   j-1's P V product, and computes tile j's softmax while the tensor cores run P V (P stays in registers; the exponent
   is one FMA, exp2(s * scale - max); it becomes 16-bit once the last P V has read the previous P's registers).
@@ -32,9 +32,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-#: (head dim, shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES, CTAS)): the calls this kernel runs, its tiles and the
-#: programs an SM runs at once (the last matching row wins). BLOCK_M is 64 rows per computing warpgroup: 128 (two) or
-#: 192 (three). CTAS 2 launches each program with few enough registers that two fit on an SM (``ws_launch_options``).
+#: (head dim, causal (None: either), shortest seqlen_k, (BLOCK_M, BLOCK_N, STAGES, CTAS)): the calls this kernel runs,
+#: its tiles and the programs an SM runs at once (the last matching row wins). BLOCK_M is 64 rows per computing
+#: warpgroup: 128 (two), 192 (three) or 256 (four). CTAS 2 launches each program with few enough registers that two
+#: fit on an SM (``ws_launch_options``).
 #: Timed on an H100 and an H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws,
 #: h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest at every length (224 KiB of shared memory, of
 #: sm_90's 227 KiB); 2 stages (10-15%), 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to
@@ -47,12 +48,20 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: to 11% slower from 4k; one 192x128 program is 3-30% slower at 1k). At d256
 #: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
 #: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
-#: 128x32 with 3 or 5 were not faster.
+#: 128x32 with 3 or 5 were not faster. d64 with 256-row tiles (four computing warpgroups at 112-120 registers, each K
+#: and V tile read once for 256 rows: half the L2 traffic of two 128-row programs) against the rows before, on an
+#: H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3 interleaved rounds, two runs): without
+#: a mask +15-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 2-3% slower at 4k; causal
+#: level at 1k, +6% at 1.5k, +7-10% at 2k and +2% at 4k (4 stages), 2-5% slower at 16k.
 WS_TILES = (
-    (64, 0, (128, 64, 3, 2)),
-    (64, 2048, (192, 128, 3, 1)),
-    (128, 0, (128, 128, 3, 1)),
-    (256, 0, (128, 32, 4, 1)),
+    (64, False, 0, (256, 64, 6, 1)),
+    (64, False, 2048, (192, 128, 3, 1)),
+    (64, True, 0, (128, 64, 3, 2)),
+    (64, True, 1536, (256, 64, 6, 1)),
+    (64, True, 2048, (256, 64, 4, 1)),
+    (64, True, 4097, (192, 128, 3, 1)),
+    (128, None, 0, (128, 128, 3, 1)),
+    (256, None, 0, (128, 32, 4, 1)),
 )
 
 
@@ -94,7 +103,7 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 #: d64 and d128 from 512 to 2k keys +1-5% (d64 1k without a mask +2% and -2%; d128 without a mask against the fixed
 #: persistent grid); d128 at 4k and 16k level; d64 from 4k causal 2-4% slower (its 192x128 kernel spills on any
 #: persistent grid); d256 level to 3% slower.
-WS_DYNAMIC = ((64, False, 2047), (64, True, 2047), (128, False, 2048), (128, True, 2048))
+WS_DYNAMIC = ((64, False, 2047), (64, True, 2048), (128, False, 2048), (128, True, 2048))
 
 
 def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
@@ -105,19 +114,33 @@ def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 def ws_launch_options(block_m: int, ctas: int) -> dict:
     """The forward's register split: with two programs per SM every thread starts with at most 80 registers (a
     program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second computing
-    warpgroup then takes 112, the first the 104 left after the loading warp's 24. Otherwise 240 for each of two
-    computing warpgroups (160 for each of three)."""
+    warpgroup then takes 112, the first the 104 left after the loading warp's 24. With four computing warpgroups
+    (640 threads) each thread starts with 96; three take 112 and the first the 120 left. Otherwise 240 for each of
+    two computing warpgroups (160 for each of three)."""
     if ctas == 2:
         assert block_m == 128, "two programs per SM are written for two computing warpgroups"
         return dict(REGS=112, maxnreg=80)
+    if block_m == 256:
+        return dict(REGS=112, maxnreg=96)
     return dict(REGS=240 if block_m == 128 else 160)
 
 
-def ws_tiles(head_dim: int, seqlen_k: int) -> tuple[int, int, int, int] | None:
+#: Head dims whose forward stages its output in a buffer of its own (``attn_fwd_ws_kernel``'s O_BUF) rather than in
+#: each warpgroup's Q buffer: there, a persistent program's next Q loads while a tile finishes, and the output's copy
+#: to memory is waited for only before the buffer's next use. d128 and d256 have no shared memory left for it.
+WS_OUTPUT_BUFFER = (64,)
+
+
+def ws_output_buffer(head_dim: int) -> bool:
+    """Whether this forward stages its output in a buffer of its own (``WS_OUTPUT_BUFFER``)."""
+    return head_dim in WS_OUTPUT_BUFFER
+
+
+def ws_tiles(head_dim: int, seqlen_k: int, causal: bool) -> tuple[int, int, int, int] | None:
     """The tiles (BLOCK_M, BLOCK_N, STAGES, CTAS) for this call, or None where it runs the Triton forward."""
     tiles = None
-    for dim, shortest, row in WS_TILES:
-        if dim == head_dim and seqlen_k >= shortest:
+    for dim, c, shortest, row in WS_TILES:
+        if dim == head_dim and c in (None, causal) and seqlen_k >= shortest:
             tiles = row
     return tiles
 
@@ -318,7 +341,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                        first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
-                       ids, DYNAMIC: gl.constexpr):
+                       ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
     if DYNAMIC:
         total = n_t * n_h * n_z
@@ -330,7 +353,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
             j += 1
             mbarrier.wait(q_bars.index(WG), j & 1)
             tile = _get_tile_id(ids, j)
@@ -340,19 +363,21 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
                      off_h, 0, 0, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES,
-                     CAUSAL, PERSISTENT, WG)
+                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
+    if O_BUF:
+        tma.store_wait(0)  # the last output has left the buffer
 
 
 @gluon.jit
 def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z, off_h,
                  j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr,
-                 WG: gl.constexpr):
+                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys."""
@@ -415,12 +440,16 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             mbarrier.arrive(free_bars.index(prev))
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p = p_f32.to(dtype)
+        if O_BUF:
+            mbarrier.arrive(q_free.index(WG))  # Q has been read for the last time: the next tile's may load
         last = kv + n_own - 1
         mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                             v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(free_bars.index(last % STAGES))
+    elif O_BUF:
+        mbarrier.arrive(q_free.index(WG))
     if CAUSAL:
         _release_tiles(k_bars, v_bars, free_bars, kv + n_own, kv + n_tiles, STAGES)
 
@@ -431,12 +460,19 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
              mask=rows < N_Q)
     # This warpgroup no longer reads its Q buffer: it stages its rows of the output for the copy engine (rows past
     # the sequence are clipped).
-    q.store(acc.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.index(WG))
-    tma.store_wait(0)
-    if PERSISTENT:
-        mbarrier.arrive(q_free.index(WG))  # the buffer may take this warpgroup's rows of the next tile
+    if O_BUF:
+        # Its own output buffer: free once the copy engine has read the tile before's output.
+        tma.store_wait(0)
+        o_smem.index(WG).reshape([WG_M, HEAD_DIM]).store(acc.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], o_smem.index(WG))
+    else:
+        q.store(acc.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.index(WG))
+        tma.store_wait(0)
+        if PERSISTENT:
+            mbarrier.arrive(q_free.index(WG))  # the buffer may take this warpgroup's rows of the next tile
     return kv + n_tiles
 
 
@@ -445,7 +481,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                        BATCH, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
-                       PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False):
+                       PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -453,7 +489,9 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     runs tile p first, then whichever tile the launch's ``COUNTER`` (int32, zero at launch, zero again at exit) hands
     it next, in the same order. ``q_desc`` and ``o_desc`` have 64-row blocks (one per compute warpgroup), ``k_desc``
     and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide blocks.
-    BLOCK_M is 128 or 192; REGS the registers of each computing warpgroup past the first (``ws_launch_options``)."""
+    BLOCK_M is 128, 192 or 256; REGS the registers of each computing warpgroup past the first
+    (``ws_launch_options``). O_BUF: the output is staged in a buffer of its own (``WS_OUTPUT_BUFFER``), not in each
+    warpgroup's Q buffer."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -474,6 +512,10 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     ids = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    if O_BUF:
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_WG] + o_desc.block_type.shape, o_desc.layout)
+    else:  # the output is staged in each warpgroup's Q buffer
+        o_smem = q_smem
     for w in gl.static_range(NUM_WG):
         mbarrier.init(q_bars.index(w), count=1)
         mbarrier.init(q_free.index(w), count=1)
@@ -484,18 +526,19 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
 
     qk_scale = sm_scale * LOG2E
     # The tuples are spelled out in the calls: built beforehand, their constexprs would turn into tensors.
-    gl.static_assert(BLOCK_M == 128 or BLOCK_M == 192, "BLOCK_M is two or three warpgroups of 64 rows")
+    gl.static_assert(BLOCK_M == 128 or BLOCK_M == 192 or BLOCK_M == 256,
+                     "BLOCK_M is two, three or four warpgroups of 64 rows")
     if BLOCK_M == 128:
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -504,21 +547,21 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
             [4, 1],
             [REGS, 24],
         )
-    else:
+    elif BLOCK_M == 192:
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC)),
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -526,6 +569,33 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
+        )
+    else:
+        gl.warp_specialize(
+            [
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF)),
+                (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
+                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
+                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
+                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC)),
+            ],
+            [4, 4, 4, 1],
+            [REGS, REGS, REGS, 24],
         )
 
 
