@@ -113,6 +113,7 @@ WS_SHAPES = [
     (1, 2, 2, 300, 64, 64),
     (1, 3, 3, 1, 1031, 64),
     (1, 4, 2, 1600, 1700, 64),  # causal from 1.5k keys: 256-row tiles too
+    (1, 2, 2, 2000, 1600, 64),  # causal: the first 400 rows see no key
     (2, 3, 3, 2048, 2048, 64),
     (1, 3, 1, 1000, 3000, 64),
     (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys without a mask, past 4k causal: 192-row tiles (three warpgroups)
@@ -198,6 +199,8 @@ PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dyn
     ((24, 16, 16, 1024, 1024, 64), True),  # two programs per SM
     ((3, 4, 4, 2048, 2048, 64), True),
     ((1, 3, 3, 65, 129, 64), False),
+    ((2, 3, 3, 1100, 700, 64), True),  # rows that see no key free their Q buffer at once (the output buffer)
+    ((2, 3, 3, 2000, 1600, 64), True),
 ]
 
 

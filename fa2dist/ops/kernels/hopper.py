@@ -51,8 +51,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: 128x32 with 3 or 5 were not faster. d64 with 256-row tiles (four computing warpgroups at 112-120 registers, each K
 #: and V tile read once for 256 rows: half the L2 traffic of two 128-row programs) against the rows before, on an
 #: H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3 interleaved rounds, two runs): without
-#: a mask +15-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 2-3% slower at 4k; causal
-#: level at 1k, +6% at 1.5k, +7-10% at 2k and +2% at 4k (4 stages), 2-5% slower at 16k.
+#: a mask +11-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 1-2% slower at 4k; causal
+#: level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at 16k.
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
@@ -458,8 +458,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
     gl.store(LSE + (off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh) + rows, lse,
              mask=rows < N_Q)
-    # This warpgroup no longer reads its Q buffer: it stages its rows of the output for the copy engine (rows past
-    # the sequence are clipped).
+    # The copy engine stores the warpgroup's rows of the output (rows past the sequence are clipped), staged in the
+    # warpgroup's own output buffer or, without one, in its Q buffer, which it no longer reads.
     if O_BUF:
         # Its own output buffer: free once the copy engine has read the tile before's output.
         tma.store_wait(0)
