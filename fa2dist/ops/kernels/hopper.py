@@ -102,7 +102,7 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 #: h100-2026-11-27-dynamic, CUDA-graph replays, medians of 3 interleaved rounds, two runs), against the grids before:
 #: d64 and d128 from 512 to 2k keys +1-5% (d64 1k without a mask +2% and -2%; d128 without a mask against the fixed
 #: persistent grid); d128 at 4k and 16k level; d64 from 4k causal 2-4% slower (its 192x128 kernel spills on any
-#: persistent grid); d256 level to 3% slower.
+#: persistent grid); d256 level to 3% slower. d64 causal at 2k keys, with 256-row tiles: +2% (h100-2026-11-27-rows256).
 WS_DYNAMIC = ((64, False, 2047), (64, True, 2048), (128, False, 2048), (128, True, 2048))
 
 
