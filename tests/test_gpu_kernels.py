@@ -121,9 +121,11 @@ WS_SHAPES = [
     (1, 2, 2, 8200, 8200, 64),
     (1, 2, 1, 200, 9000, 64),
     (1, 2, 2, 9000, 8192, 64),  # causal: each of the three warpgroups stops at its own last key tile
-    (1, 4, 2, 333, 517, 256),
+    (1, 4, 2, 333, 517, 256),  # d256: 64-key tiles in two stages, K freed apart from V
     (2, 2, 2, 1031, 1031, 256),
     (1, 2, 1, 300, 64, 256),
+    (1, 2, 2, 1000, 300, 256),  # causal: the first 700 rows see no key
+    (1, 3, 3, 2100, 2100, 256),
 ]
 
 
@@ -165,6 +167,28 @@ def test_warp_specialized_forward(causal, dtype, monkeypatch):
     # A head dim without Gluon tiles.
     fa2dist.flash_attention(*make_qkv(1, 4, 4, 256, 256, 96, dtype, "cuda", "bshd", 0), causal=causal)
     assert len(calls) == n_calls
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 1100, 1000, 256), (1, 3, 3, 4100, 4100, 256), (2, 3, 3, 1000, 1900, 64),
+                                   (1, 4, 4, 2100, 2100, 128)],
+                         ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_forward_k_free_changes_no_bit(shape, causal, monkeypatch):
+    """Freeing each K buffer apart from its V buffer (``WS_K_FREE``) changes when the ring's loads may start, not
+    what is computed: output and LSE bitwise equal with and without it, on each head dim's tiles."""
+    from fa2dist.ops.kernels import hopper
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.bfloat16, "cuda", "bshd", 5)
+    runs = []
+    for k_free in ((64, 128, 256), ()):
+        monkeypatch.setattr(hopper, "WS_K_FREE", k_free)
+        assert hopper.ws_k_free(head_dim) == bool(k_free)
+        runs.append(fa2dist.flash_attention(q, k, v, causal=causal, return_lse=True))
+    (out1, lse1), (out2, lse2) = runs
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 5, 1100, 1000, 128), (2, 3, 1, 700, 700, 64), (1, 6, 3, 4200, 4100, 128)],

@@ -52,7 +52,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: and V tile read once for 256 rows: half the L2 traffic of two 128-row programs) against the rows before, on an
 #: H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3 interleaved rounds, two runs): without
 #: a mask +11-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 1-2% slower at 4k; causal
-#: level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at 16k.
+#: level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at 16k. d256 since each K buffer
+#: comes free apart from its V buffer (``WS_K_FREE``; 2026-11-27, benchmarks/results/h100-2026-11-27-kfree): 128x64
+#: with 2 stages, +18-33% over 128x32 with 4 at 1k-16k, causal or not.
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
@@ -61,7 +63,7 @@ WS_TILES = (
     (64, True, 2048, (256, 64, 4, 1)),
     (64, True, 4097, (192, 128, 3, 1)),
     (128, None, 0, (128, 128, 3, 1)),
-    (256, None, 0, (128, 32, 4, 1)),
+    (256, None, 0, (128, 64, 2, 1)),
 )
 
 
@@ -134,6 +136,21 @@ WS_OUTPUT_BUFFER = (64,)
 def ws_output_buffer(head_dim: int) -> bool:
     """Whether this forward stages its output in a buffer of its own (``WS_OUTPUT_BUFFER``)."""
     return head_dim in WS_OUTPUT_BUFFER
+
+
+#: Head dims whose forward frees each K buffer of its ring once the q.k products have read it, apart from its V
+#: buffer, which frees after the P V product (``attn_fwd_ws_kernel``'s K_FREE): the next K then loads a whole softmax
+#: step earlier, which makes two stages enough. At d256 that pays for 64-key tiles, whose q.k products read a
+#: 64-row Q from shared memory half as often per key as 32-key tiles do (A/B on an H100, bf16, 16k tokens,
+#: 2026-11-27, benchmarks/results/h100-2026-11-27-kfree, CUDA-graph replays, medians of 3 interleaved rounds: 128x64
+#: with 2 stages +18-26% at 1k, +30% at 4k causal, +33% at 16k over 128x32 with 4 stages; without K_FREE the same
+#: tiles were 1-4% slower than 128x32). With the tiles of d64 and d128 unchanged it was level (-5% to +3%).
+WS_K_FREE = (256,)
+
+
+def ws_k_free(head_dim: int) -> bool:
+    """Whether this forward frees its K and V buffers apart (``WS_K_FREE``)."""
+    return head_dim in WS_K_FREE
 
 
 def ws_tiles(head_dim: int, seqlen_k: int, causal: bool) -> tuple[int, int, int, int] | None:
@@ -245,10 +262,16 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
                 _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
         s = i % STAGES
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
-        mbarrier.wait(free_bars.index(s), ((i // STAGES) & 1) ^ 1)
+        phase = ((i // STAGES) & 1) ^ 1
         start_n = (i - kv) * BLOCK_N
+        if free_bars.shape[0] == 2 * STAGES:  # K's buffer comes free on its own, once the q.k products have read it
+            mbarrier.wait(free_bars.index(STAGES + s), phase)
+        else:
+            mbarrier.wait(free_bars.index(s), phase)
         mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
+        if free_bars.shape[0] == 2 * STAGES:
+            mbarrier.wait(free_bars.index(s), phase)
         mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
     if PERSISTENT:
@@ -313,6 +336,8 @@ def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr)
         mbarrier.wait(k_bars.index(i % STAGES), (i // STAGES) & 1)
         mbarrier.wait(v_bars.index(i % STAGES), (i // STAGES) & 1)
         mbarrier.arrive(free_bars.index(i % STAGES))
+        if free_bars.shape[0] == 2 * STAGES:
+            mbarrier.arrive(free_bars.index(STAGES + i % STAGES))
 
 
 @gluon.jit
@@ -418,6 +443,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
         s = warpgroup_mma(q, k_smem.index(kv % STAGES).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
+        if free_bars.shape[0] == 2 * STAGES:
+            mbarrier.arrive(free_bars.index(STAGES + kv % STAGES))
         p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
         p = p.to(dtype)
         for i in range(1, n_own):
@@ -433,6 +460,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                                 v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
+            if free_bars.shape[0] == 2 * STAGES:
+                mbarrier.arrive(free_bars.index(STAGES + st))
             p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
                                               i >= first_masked, CAUSAL)
             # P V of tile i-1 has read the last P: this tile's P takes its registers.
@@ -481,7 +510,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                        BATCH, N_Q, N_K,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
-                       PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False):
+                       PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
+                       K_FREE: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -491,7 +521,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     and ``v_desc`` BLOCK_N-row blocks; all four are (batch, heads, seqlen, head dim) with head-dim-wide blocks.
     BLOCK_M is 128, 192 or 256; REGS the registers of each computing warpgroup past the first
     (``ws_launch_options``). O_BUF: the output is staged in a buffer of its own (``WS_OUTPUT_BUFFER``), not in each
-    warpgroup's Q buffer."""
+    warpgroup's Q buffer. K_FREE: each K buffer comes free once the q.k products have read it, apart from its V
+    buffer (``WS_K_FREE``)."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -510,7 +541,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     q_free = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], mbarrier.MBarrierLayout())
     k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    # K_FREE: a second row of barriers frees each K buffer apart from its V buffer (``_load_tile``).
+    free_bars = gl.allocate_shared_memory(gl.int64, [STAGES * (2 if K_FREE else 1), 1], mbarrier.MBarrierLayout())
     ids = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     if O_BUF:
         o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_WG] + o_desc.block_type.shape, o_desc.layout)
@@ -523,6 +555,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
         mbarrier.init(k_bars.index(i), count=1)
         mbarrier.init(v_bars.index(i), count=1)
         mbarrier.init(free_bars.index(i), count=NUM_WG)  # one arrival per warpgroup
+        if K_FREE:
+            mbarrier.init(free_bars.index(STAGES + i), count=NUM_WG)
 
     qk_scale = sm_scale * LOG2E
     # The tuples are spelled out in the calls: built beforehand, their constexprs would turn into tensors.
