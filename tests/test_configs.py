@@ -585,8 +585,8 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         options = ws_launch_options(block_m, ctas)
         # Causal: the interleaved grid order (ws_interleave), whose index arithmetic must not cost spills either.
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-                          INTERLEAVE=4 if causal else 1, O_BUF=ws_output_buffer(head_dim),
-                          K_FREE=ws_k_free(head_dim), **options)
+                          INTERLEAVE=4 if causal else 1, O_BUF=ws_output_buffer(head_dim, shortest),
+                          K_FREE=ws_k_free(stages), **options)
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
@@ -651,12 +651,15 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_tiles(64, 1, True) == ws_tiles(64, 1535, True) == (128, 64, 3, 2)
     assert ws_tiles(64, 2048, True) == ws_tiles(64, 4096, True) == (256, 64, 4, 1)
     assert ws_tiles(64, 2048, False) == ws_tiles(64, 4097, True) == ws_tiles(64, 16384, False) == (192, 128, 3, 1)
-    assert ws_tiles(128, 1, True) == ws_tiles(128, 16384, False) == (128, 128, 3, 1)
+    # d128: 2 stages and an output buffer up to 2k keys, 3 stages from there; d256: 64-key tiles in 2 stages.
+    assert ws_tiles(128, 1, True) == ws_tiles(128, 2048, False) == (128, 128, 2, 1)
+    assert ws_tiles(128, 2049, True) == ws_tiles(128, 16384, False) == (128, 128, 3, 1)
     assert ws_tiles(256, 1, False) == ws_tiles(256, 16384, True) == (128, 64, 2, 1)
     assert ws_tiles(96, 1024, False) is None
-    assert ws_output_buffer(64) and not (ws_output_buffer(128) or ws_output_buffer(256))
-    # d256 frees each K buffer apart from its V buffer, which its two stages of 64-key tiles need.
-    assert ws_k_free(256) and not (ws_k_free(64) or ws_k_free(128))
+    assert ws_output_buffer(64, 1) and ws_output_buffer(64, 1 << 20) and ws_output_buffer(128, 2048)
+    assert not (ws_output_buffer(128, 2049) or ws_output_buffer(256, 1024))
+    # Two stages free each K buffer apart from its V buffer.
+    assert ws_k_free(2) and not (ws_k_free(3) or ws_k_free(6))
     # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
     assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
     assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1

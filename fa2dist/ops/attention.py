@@ -418,7 +418,7 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
         seqlen_q, seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
         INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic,
-        O_BUF=ws_output_buffer(head_dim), K_FREE=ws_k_free(head_dim), num_warps=4,
+        O_BUF=ws_output_buffer(head_dim, seqlen_k), K_FREE=ws_k_free(stages), num_warps=4,
         **ws_launch_options(block_m, ctas),
     )
 

@@ -53,8 +53,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3 interleaved rounds, two runs): without
 #: a mask +11-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 1-2% slower at 4k; causal
 #: level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at 16k. d256 since each K buffer
-#: comes free apart from its V buffer (``WS_K_FREE``; 2026-11-27, benchmarks/results/h100-2026-11-27-kfree): 128x64
-#: with 2 stages, +18-33% over 128x32 with 4 at 1k-16k, causal or not.
+#: comes free apart from its V buffer (``ws_k_free``; 2026-11-27, benchmarks/results/h100-2026-11-27-kfree): 128x64
+#: with 2 stages, +18-33% over 128x32 with 4 at 1k-16k, causal or not; d128 up to 2k keys 2 stages, whose spare
+#: shared memory holds an output buffer (``WS_OUTPUT_BUFFER``): +5-9% at 1k, +3% at 2k (3 stages from 4k: 2 stages with
+#: the output buffer were 8% slower there).
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
@@ -62,7 +64,8 @@ WS_TILES = (
     (64, True, 1536, (256, 64, 6, 1)),
     (64, True, 2048, (256, 64, 4, 1)),
     (64, True, 4097, (192, 128, 3, 1)),
-    (128, None, 0, (128, 128, 3, 1)),
+    (128, None, 0, (128, 128, 2, 1)),
+    (128, None, 2049, (128, 128, 3, 1)),
     (256, None, 0, (128, 64, 2, 1)),
 )
 
@@ -127,30 +130,28 @@ def ws_launch_options(block_m: int, ctas: int) -> dict:
     return dict(REGS=240 if block_m == 128 else 160)
 
 
-#: Head dims whose forward stages its output in a buffer of its own (``attn_fwd_ws_kernel``'s O_BUF) rather than in
-#: each warpgroup's Q buffer: there, a persistent program's next Q loads while a tile finishes, and the output's copy
-#: to memory is waited for only before the buffer's next use. d128 and d256 have no shared memory left for it.
-WS_OUTPUT_BUFFER = (64,)
+#: (head dim, longest seqlen_k): the forwards that stage their output in a buffer of their own
+#: (``attn_fwd_ws_kernel``'s O_BUF) rather than in each warpgroup's Q buffer: there, a persistent program's next Q
+#: loads while a tile finishes, and the output's copy to memory is waited for only before the buffer's next use. d64
+#: (benchmarks/results/h100-2026-11-27-rows256), and d128 where its tiles have 2 stages (up to 2k keys,
+#: h100-2026-11-27-kfree: with 3 stages d128 has no shared memory left for it); d256 has none.
+WS_OUTPUT_BUFFER = ((64, 1 << 31), (128, 2048))
 
 
-def ws_output_buffer(head_dim: int) -> bool:
+def ws_output_buffer(head_dim: int, seqlen_k: int) -> bool:
     """Whether this forward stages its output in a buffer of its own (``WS_OUTPUT_BUFFER``)."""
-    return head_dim in WS_OUTPUT_BUFFER
+    return any(head_dim == dim and seqlen_k <= longest for dim, longest in WS_OUTPUT_BUFFER)
 
 
-#: Head dims whose forward frees each K buffer of its ring once the q.k products have read it, apart from its V
-#: buffer, which frees after the P V product (``attn_fwd_ws_kernel``'s K_FREE): the next K then loads a whole softmax
-#: step earlier, which makes two stages enough. At d256 that pays for 64-key tiles, whose q.k products read a
-#: 64-row Q from shared memory half as often per key as 32-key tiles do (A/B on an H100, bf16, 16k tokens,
-#: 2026-11-27, benchmarks/results/h100-2026-11-27-kfree, CUDA-graph replays, medians of 3 interleaved rounds: 128x64
-#: with 2 stages +18-26% at 1k, +30% at 4k causal, +33% at 16k over 128x32 with 4 stages; without K_FREE the same
-#: tiles were 1-4% slower than 128x32). With the tiles of d64 and d128 unchanged it was level (-5% to +3%).
-WS_K_FREE = (256,)
-
-
-def ws_k_free(head_dim: int) -> bool:
-    """Whether this forward frees its K and V buffers apart (``WS_K_FREE``)."""
-    return head_dim in WS_K_FREE
+def ws_k_free(stages: int) -> bool:
+    """Whether a forward whose ring has ``stages`` stages frees each K buffer once the q.k products have read it,
+    apart from its V buffer, which frees after the P V product (``attn_fwd_ws_kernel``'s K_FREE): the next K then
+    loads a whole softmax step earlier, which makes two stages enough. Timed on an H100 (bf16, 16k tokens,
+    2026-11-27, benchmarks/results/h100-2026-11-27-kfree, CUDA-graph replays, medians of 3 interleaved rounds): d256
+    with 128x64 tiles in 2 stages +18-33% over 128x32 in 4 at 1k-16k (its q.k products read a 64-row Q from shared
+    memory half as often per key), where the same tiles without it were 1-4% slower than 128x32; with 3 to 6 stages
+    (d64, d128) level, -5% to +3%."""
+    return stages == 2
 
 
 def ws_tiles(head_dim: int, seqlen_k: int, causal: bool) -> tuple[int, int, int, int] | None:
@@ -522,7 +523,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     BLOCK_M is 128, 192 or 256; REGS the registers of each computing warpgroup past the first
     (``ws_launch_options``). O_BUF: the output is staged in a buffer of its own (``WS_OUTPUT_BUFFER``), not in each
     warpgroup's Q buffer. K_FREE: each K buffer comes free once the q.k products have read it, apart from its V
-    buffer (``WS_K_FREE``)."""
+    buffer (``ws_k_free``)."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
