@@ -37,26 +37,26 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: warpgroup: 128 (two), 192 (three) or 256 (four). CTAS 2 launches each program with few enough registers that two
 #: fit on an SM (``ws_launch_options``).
 #: Timed on an H100 and an H200 (bf16, 16k tokens, 2026-11-26; benchmarks/results/h100-2026-11-26-ws,
-#: h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest at every length (224 KiB of shared memory, of
-#: sm_90's 227 KiB); 2 stages (10-15%), 64-key tiles (4-11%) and ping-pong ordering of the warpgroups' MMAs (-4% to
-#: +1%) were not faster. At d64 (kernel time from CUDA-graph replays, benchmarks/results/h100-2026-11-26-skip, after
-#: causal warpgroups began to stop at their own last tile): from 2k keys one program of 192x128 tiles with 3 stages
-#: (benchmarks/results/h100-2026-11-26-bias: against 192x64 with 4 stages +6-9% at 2k, +8-11% from 4k without a mask;
-#: causal level at 2k, +5-9% from 4k; 192x128 spilled until each P waits for the last P V, below; 2 stages 3-13% slower
-#: than 3); below 2k two programs of 128x64 tiles with 3 stages (occ2.json: against the Triton forward +7-10% at 1k
-#: without a mask, +14-17% causal; against one 192-row program of 64-key tiles -2% to -5% at 2k without a mask, level
-#: to 11% slower from 4k; one 192x128 program is 3-30% slower at 1k). At d256
+#: h200-2026-11-26-ws): at d128, 128x128 with 3 stages was fastest at every length (224 KiB of shared memory, of sm_90's
+#: 227 KiB); 2 stages (10-15%; before K buffers came free apart from V, below), 64-key tiles (4-11%) and ping-pong
+#: ordering of the warpgroups' MMAs (-4% to +1%) were not faster. At d64 (kernel time from CUDA-graph replays,
+#: benchmarks/results/h100-2026-11-26-skip, after causal warpgroups began to stop at their own last tile): from 2k keys
+#: one program of 192x128 tiles with 3 stages (benchmarks/results/h100-2026-11-26-bias: against 192x64 with 4 stages
+#: +6-9% at 2k, +8-11% from 4k without a mask; causal level at 2k, +5-9% from 4k; 192x128 spilled until each P waits for
+#: the last P V, below; 2 stages 3-13% slower than 3); below 2k two programs of 128x64 tiles with 3 stages (occ2.json:
+#: against the Triton forward +7-10% at 1k without a mask, +14-17% causal; against one 192-row program of 64-key tiles
+#: -2% to -5% at 2k without a mask, level to 11% slower from 4k; one 192x128 program is 3-30% slower at 1k). At d256
 #: (benchmarks/results/h100-2026-11-26-fwd256), 128x32 with 4 stages (192 KiB) against the Triton forward: +30-45% at
-#: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages and
-#: 128x32 with 3 or 5 were not faster. d64 with 256-row tiles (four computing warpgroups at 112-120 registers, each K
-#: and V tile read once for 256 rows: half the L2 traffic of two 128-row programs) against the rows before, on an
-#: H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3 interleaved rounds, two runs): without
-#: a mask +11-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at 2k and 1-2% slower at 4k; causal
-#: level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at 16k. d256 since each K buffer
-#: comes free apart from its V buffer (``ws_k_free``; 2026-11-27, benchmarks/results/h100-2026-11-27-kfree): 128x64
-#: with 2 stages, +18-33% over 128x32 with 4 at 1k-16k, causal or not; d128 up to 2k keys 2 stages, whose spare
-#: shared memory holds an output buffer (``WS_OUTPUT_BUFFER``): +5-9% at 1k, +3% at 2k (3 stages from 4k: 2 stages with
-#: the output buffer were 8% slower there).
+#: 1k, -1% to +4% at 4k and 16k causal, -1% to -4% at 16k without a mask, over two runs; 128x64 with 2 stages (before K
+#: buffers came free apart from V) and 128x32 with 3 or 5 were not faster. d64 with 256-row tiles (four computing
+#: warpgroups at 112-120 registers, each K and V tile read once for 256 rows: half the L2 traffic of two 128-row
+#: programs) against the rows before, on an H100 (2026-11-27, benchmarks/results/h100-2026-11-27-rows256, medians of 3
+#: interleaved rounds, two runs): without a mask +11-18% at 512-1.5k keys (6 stages; 4 and 5 within 3% of 6), level at
+#: 2k and 1-2% slower at 4k; causal level at 1k, +6-7% at 1.5k, +10% at 2k and +2-3% at 4k (4 stages), 2-5% slower at
+#: 16k. d256 since each K buffer comes free apart from its V buffer (``ws_k_free``; 2026-11-27,
+#: benchmarks/results/h100-2026-11-27-kfree): 128x64 with 2 stages, +19-33% over 128x32 with 4 at 1k-16k, causal or not;
+#: d128 up to 2k keys 2 stages, whose spare shared memory holds an output buffer (``WS_OUTPUT_BUFFER``): +5-9% at 1k to
+#: 2k, causal or not (3 stages past 2k: 2 stages with the output buffer were 8% slower at 4k).
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
@@ -148,9 +148,9 @@ def ws_k_free(stages: int) -> bool:
     apart from its V buffer, which frees after the P V product (``attn_fwd_ws_kernel``'s K_FREE): the next K then
     loads a whole softmax step earlier, which makes two stages enough. Timed on an H100 (bf16, 16k tokens,
     2026-11-27, benchmarks/results/h100-2026-11-27-kfree, CUDA-graph replays, medians of 3 interleaved rounds): d256
-    with 128x64 tiles in 2 stages +18-33% over 128x32 in 4 at 1k-16k (its q.k products read a 64-row Q from shared
-    memory half as often per key), where the same tiles without it were 1-4% slower than 128x32; with 3 to 6 stages
-    (d64, d128) level, -5% to +3%."""
+    with 128x64 tiles in 2 stages +19-33% over 128x32 in 4 at 1k-16k (its q.k products read a 64-row Q from shared
+    memory half as often per key), where the same tiles without it were within 3% of 128x32; with 3 to 6 stages
+    (d64, d128) -5% to +1%."""
     return stages == 2
 
 
