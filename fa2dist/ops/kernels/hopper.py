@@ -252,6 +252,7 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
     """Query tile ``start_m`` of head ``off_h`` (the program's ``j``-th): its Q and, from ring position ``kv`` on, its
     K and V tiles. Persistent, its first keys load before its Q, which waits until each warpgroup's output of the tile
     before has left its Q buffer (``q_free``). Returns the ring position after the tile's keys."""
+    K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
     n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
@@ -265,13 +266,13 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
         phase = ((i // STAGES) & 1) ^ 1
         start_n = (i - kv) * BLOCK_N
-        if free_bars.shape[0] == 2 * STAGES:  # K's buffer comes free on its own, once the q.k products have read it
+        if K_FREE:  # K's buffer comes free on its own, once the q.k products have read it
             mbarrier.wait(free_bars.index(STAGES + s), phase)
         else:
             mbarrier.wait(free_bars.index(s), phase)
         mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
-        if free_bars.shape[0] == 2 * STAGES:
+        if K_FREE:
             mbarrier.wait(free_bars.index(s), phase)
         mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
@@ -333,11 +334,12 @@ def _key_tiles(rows_end, diag, N_K, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr)
 def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr):
     """A causal warpgroup's key tiles ``start`` to ``stop``, wholly past its rows: free their buffers once they have
     landed (arriving before would count towards the buffer's previous use)."""
+    K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     for i in range(start, stop):
         mbarrier.wait(k_bars.index(i % STAGES), (i // STAGES) & 1)
         mbarrier.wait(v_bars.index(i % STAGES), (i // STAGES) & 1)
         mbarrier.arrive(free_bars.index(i % STAGES))
-        if free_bars.shape[0] == 2 * STAGES:
+        if K_FREE:
             mbarrier.arrive(free_bars.index(STAGES + i % STAGES))
 
 
@@ -408,6 +410,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys."""
     WG_M: gl.constexpr = 64
+    K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -444,7 +447,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
         s = warpgroup_mma(q, k_smem.index(kv % STAGES).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
-        if free_bars.shape[0] == 2 * STAGES:
+        if K_FREE:
             mbarrier.arrive(free_bars.index(STAGES + kv % STAGES))
         p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
         p = p.to(dtype)
@@ -461,7 +464,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                                 v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
-            if free_bars.shape[0] == 2 * STAGES:
+            if K_FREE:
                 mbarrier.arrive(free_bars.index(STAGES + st))
             p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
                                               i >= first_masked, CAUSAL)
