@@ -770,7 +770,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
     of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
     both warpgroups put their dS in shared memory (``ds_bars``: both written), the first (WG 0) multiplies it by K
-    for all of dQ (``dqd_bars``: read) and the copy engine adds that into the fp32 dQ. The second warpgroup does no
+    for all of dQ (``dqd_bars``: read; at d64 as dQ^T = K^T dS^T, whose stores avoid bank conflicts) and the copy
+    engine adds that into the fp32 dQ. The second warpgroup does no
     dQ work: it runs ahead into its next step while the first's dQ product holds the tensor cores, which splitting
     dQ's columns over both (each then waiting for the other's dS every step) did not allow."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -848,7 +849,23 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             mbarrier.arrive(ds_bars.index(par))
             dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))  # frees P^T's and dS^T's registers for dQ's
             mbarrier.arrive(free_bars.index(st))
-            if WG == 0:
+            if WG == 0 and HEAD_DIM == 64:
+                # dQ^T = K^T dS^T: each thread then stores single fp32 values of four rows, whose 128-byte swizzle
+                # spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one row, and
+                # each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a store, twice the
+                # least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays as it is there.
+                mbarrier.wait(ds_bars.index(par), use)
+                dqt = warpgroup_mma(k_smem.index(0).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
+                                    ds_buf.slice(0, WG_N, dim=0), s_init, use_acc=False, is_async=True)
+                dqt = warpgroup_mma(k_smem.index(1).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
+                                    ds_buf.slice(WG_N, WG_N, dim=0), dqt, is_async=True)
+                dqt = warpgroup_mma_wait(0, deps=(dqt,))
+                mbarrier.arrive(dqd_bars.index(par))
+                tma.store_wait(0)  # the last step's dQ has left the buffer
+                dq_buf.permute((1, 0)).store(dqt * sm_scale)
+                fence_async_shared()
+                _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
+            elif WG == 0:
                 mbarrier.wait(ds_bars.index(par), use)
                 dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k_smem.index(0).reshape(
                     [WG_N, HEAD_DIM]), dq_init, use_acc=False, is_async=True)
