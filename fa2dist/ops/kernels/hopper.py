@@ -849,32 +849,29 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             mbarrier.arrive(ds_bars.index(par))
             dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))  # frees P^T's and dS^T's registers for dQ's
             mbarrier.arrive(free_bars.index(st))
-            if WG == 0 and HEAD_DIM == 64:
-                # dQ^T = K^T dS^T: each thread then stores single fp32 values of four rows, whose 128-byte swizzle
-                # spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one row, and
-                # each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a store, twice the
-                # least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays as it is there.
+            if WG == 0:
                 mbarrier.wait(ds_bars.index(par), use)
-                dqt = warpgroup_mma(k_smem.index(0).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
-                                    ds_buf.slice(0, WG_N, dim=0), s_init, use_acc=False, is_async=True)
-                dqt = warpgroup_mma(k_smem.index(1).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
-                                    ds_buf.slice(WG_N, WG_N, dim=0), dqt, is_async=True)
-                dqt = warpgroup_mma_wait(0, deps=(dqt,))
-                mbarrier.arrive(dqd_bars.index(par))
-                tma.store_wait(0)  # the last step's dQ has left the buffer
-                dq_buf.permute((1, 0)).store(dqt * sm_scale)
-                fence_async_shared()
-                _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
-            elif WG == 0:
-                mbarrier.wait(ds_bars.index(par), use)
-                dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k_smem.index(0).reshape(
-                    [WG_N, HEAD_DIM]), dq_init, use_acc=False, is_async=True)
-                dq = warpgroup_mma(ds_buf.slice(WG_N, WG_N, dim=0).permute((1, 0)), k_smem.index(1).reshape(
-                    [WG_N, HEAD_DIM]), dq, is_async=True)
+                if HEAD_DIM == 64:
+                    # dQ^T = K^T dS^T: each thread then stores single fp32 values of four rows, whose 128-byte
+                    # swizzle spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one
+                    # row, and each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a
+                    # store, twice the least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays.
+                    dq = warpgroup_mma(k_smem.index(0).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
+                                       ds_buf.slice(0, WG_N, dim=0), s_init, use_acc=False, is_async=True)
+                    dq = warpgroup_mma(k_smem.index(1).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
+                                       ds_buf.slice(WG_N, WG_N, dim=0), dq, is_async=True)
+                else:
+                    dq = warpgroup_mma(ds_buf.slice(0, WG_N, dim=0).permute((1, 0)), k_smem.index(0).reshape(
+                        [WG_N, HEAD_DIM]), dq_init, use_acc=False, is_async=True)
+                    dq = warpgroup_mma(ds_buf.slice(WG_N, WG_N, dim=0).permute((1, 0)), k_smem.index(1).reshape(
+                        [WG_N, HEAD_DIM]), dq, is_async=True)
                 dq = warpgroup_mma_wait(0, deps=(dq,))
                 mbarrier.arrive(dqd_bars.index(par))
                 tma.store_wait(0)  # the last step's dQ has left the buffer
-                dq_buf.store(dq * sm_scale)
+                if HEAD_DIM == 64:
+                    dq_buf.permute((1, 0)).store(dq * sm_scale)
+                else:
+                    dq_buf.store(dq * sm_scale)
                 fence_async_shared()
                 _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
         else:
