@@ -790,8 +790,15 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     k = k_smem.index(WG).reshape([WG_N, HEAD_DIM])
     v = v_smem.index(WG).reshape([WG_N, HEAD_DIM])
     if ATOMIC_DQ:
-        dq_init = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
         dq_buf = dq_smem.reshape([BLOCK_M, HEAD_DIM])
+        if HEAD_DIM != 64:
+            dq_init = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+        else:
+            # dQ^T = K^T dS^T goes in (below): each thread then stores single fp32 values of four rows, whose 128-byte
+            # swizzle spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one row, and
+            # each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a store, twice the
+            # least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays.
+            dq_buf = dq_buf.permute((1, 0))
 
     total = GROUP * n_m_tiles
     if not ATOMIC_DQ:  # the first step's row terms, while K and V land
@@ -851,11 +858,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             mbarrier.arrive(free_bars.index(st))
             if WG == 0:
                 mbarrier.wait(ds_bars.index(par), use)
-                if HEAD_DIM == 64:
-                    # dQ^T = K^T dS^T: each thread then stores single fp32 values of four rows, whose 128-byte
-                    # swizzle spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one
-                    # row, and each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a
-                    # store, twice the least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays.
+                if HEAD_DIM == 64:  # dQ^T (``dq_buf``)
                     dq = warpgroup_mma(k_smem.index(0).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
                                        ds_buf.slice(0, WG_N, dim=0), s_init, use_acc=False, is_async=True)
                     dq = warpgroup_mma(k_smem.index(1).reshape([WG_N, HEAD_DIM]).permute((1, 0)),
@@ -868,10 +871,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                 dq = warpgroup_mma_wait(0, deps=(dq,))
                 mbarrier.arrive(dqd_bars.index(par))
                 tma.store_wait(0)  # the last step's dQ has left the buffer
-                if HEAD_DIM == 64:
-                    dq_buf.permute((1, 0)).store(dq * sm_scale)
-                else:
-                    dq_buf.store(dq * sm_scale)
+                dq_buf.store(dq * sm_scale)
                 fence_async_shared()
                 _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
         else:
