@@ -112,7 +112,7 @@ WS_SHAPES = [
     (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: 256-row tiles (four computing warpgroups); causal, two programs
     (1, 2, 2, 300, 64, 64),
     (1, 3, 3, 1, 1031, 64),
-    (1, 4, 2, 1600, 1700, 64),  # causal from 1.5k keys: 256-row tiles too
+    (1, 4, 2, 1600, 1700, 64),  # causal below 2k keys: two programs; without a mask: 256-row tiles
     (1, 2, 2, 2000, 1600, 64),  # causal: the first 400 rows see no key
     (2, 3, 3, 2048, 2048, 64),
     (1, 3, 1, 1000, 3000, 64),

@@ -56,12 +56,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: 16k. d256 since each K buffer comes free apart from its V buffer (``ws_k_free``; 2026-11-27,
 #: benchmarks/results/h100-2026-11-27-kfree): 128x64 with 2 stages, +19-33% over 128x32 with 4 at 1k-16k, causal or not;
 #: d128 up to 2k keys 2 stages, whose spare shared memory holds an output buffer (``WS_OUTPUT_BUFFER``): +5-9% at 1k to
-#: 2k, causal or not (3 stages past 2k: 2 stages with the output buffer were 8% slower at 4k).
+#: 2k, causal or not (3 stages past 2k: 2 stages with the output buffer were 8% slower at 4k). d64 since two programs
+#: per SM issue one wgmma product at a time (``ws_launch_options``' OVERLAP_PV; 2026-11-27,
+#: benchmarks/results/h100-2026-11-27-pvfirst, tiles.json): causal below 2k keys, +4% at 1.5k over 256-row tiles
+#: (level at 2k; 1-3% slower at 1k without a mask and at 4k causal, 6% at 4k without a mask).
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
     (64, True, 0, (128, 64, 3, 2)),
-    (64, True, 1536, (256, 64, 6, 1)),
     (64, True, 2048, (256, 64, 4, 1)),
     (64, True, 4097, (192, 128, 3, 1)),
     (128, None, 0, (128, 128, 2, 1)),
@@ -117,17 +119,23 @@ def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 
 
 def ws_launch_options(block_m: int, ctas: int) -> dict:
-    """The forward's register split: with two programs per SM every thread starts with at most 80 registers (a
-    program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second computing
-    warpgroup then takes 112, the first the 104 left after the loading warp's 24. With four computing warpgroups
-    (640 threads) each thread starts with 96; three take 112 and the first the 120 left. Otherwise 240 for each of
-    two computing warpgroups (160 for each of three)."""
+    """The forward's register split and what it allows: with two programs per SM every thread starts with at most 80
+    registers (a program's 384 threads, loading warp padded to a warpgroup, take half the register file); the second
+    computing warpgroup then takes 112, the first the 104 left after the loading warp's 24. With four computing
+    warpgroups (640 threads) each thread starts with 96; three take 112 and the first the 120 left. Otherwise 240 for
+    each of two computing warpgroups (160 for each of three).
+
+    OVERLAP_PV (``attn_fwd_ws_kernel``): whether a warpgroup keeps tile i-1's P V product in flight while tile i's
+    softmax runs. That takes the scores, the output accumulator and P at once, which 104 registers do not hold: with
+    two programs per SM ptxas then waited for every wgmma instruction (its C7512), and issuing one product at a time
+    instead was 9-13% faster at d64 1k causal and 7-10% at 512, bitwise equal (H100, bf16, 16k tokens, 2026-11-27,
+    two runs: benchmarks/results/h100-2026-11-27-pvfirst)."""
     if ctas == 2:
         assert block_m == 128, "two programs per SM are written for two computing warpgroups"
-        return dict(REGS=112, maxnreg=80)
+        return dict(REGS=112, maxnreg=80, OVERLAP_PV=False)
     if block_m == 256:
-        return dict(REGS=112, maxnreg=96)
-    return dict(REGS=240 if block_m == 128 else 160)
+        return dict(REGS=112, maxnreg=96, OVERLAP_PV=True)
+    return dict(REGS=240 if block_m == 128 else 160, OVERLAP_PV=True)
 
 
 #: (head dim, longest seqlen_k): the forwards that stage their output in a buffer of their own
@@ -369,7 +377,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                        first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
-                       ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr):
+                       ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
     if DYNAMIC:
         total = n_t * n_h * n_z
@@ -381,7 +389,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
             j += 1
             mbarrier.wait(q_bars.index(WG), j & 1)
             tile = _get_tile_id(ids, j)
@@ -391,12 +399,12 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
                      off_h, 0, 0, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES,
-                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF)
+                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
     if O_BUF:
         tma.store_wait(0)  # the last output has left the buffer
 
@@ -405,7 +413,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
 def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z, off_h,
                  j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr,
-                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr):
+                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys."""
@@ -455,22 +463,35 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             g = kv + i
             st = g % STAGES
             prev = (g - 1) % STAGES
-            # Tile i's scores ...
-            mbarrier.wait(k_bars.index(st), (g // STAGES) & 1)
-            mbarrier.wait(v_bars.index(prev), ((g - 1) // STAGES) & 1)
-            s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
-                              use_acc=False, is_async=True)
-            # ... then tile i-1's P V, which runs on the tensor cores while this tile's softmax runs.
-            acc = warpgroup_mma(gl.convert_layout(p, p_layout),
-                                v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-            s = warpgroup_mma_wait(1, deps=(s,))
+            if OVERLAP_PV:
+                # Tile i's scores ...
+                mbarrier.wait(k_bars.index(st), (g // STAGES) & 1)
+                mbarrier.wait(v_bars.index(prev), ((g - 1) // STAGES) & 1)
+                s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+                                  use_acc=False, is_async=True)
+                # ... then tile i-1's P V, which runs on the tensor cores while this tile's softmax runs.
+                acc = warpgroup_mma(gl.convert_layout(p, p_layout),
+                                    v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                s = warpgroup_mma_wait(1, deps=(s,))
+            else:
+                # Tile i-1's P V to completion, then tile i's scores: one product in flight at a time.
+                mbarrier.wait(v_bars.index(prev), ((g - 1) // STAGES) & 1)
+                acc = warpgroup_mma(gl.convert_layout(p, p_layout),
+                                    v_smem.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=(acc,))
+                mbarrier.arrive(free_bars.index(prev))
+                mbarrier.wait(k_bars.index(st), (g // STAGES) & 1)
+                s = warpgroup_mma(q, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+                                  use_acc=False, is_async=True)
+                s = warpgroup_mma_wait(0, deps=(s,))
             if K_FREE:
                 mbarrier.arrive(free_bars.index(STAGES + st))
             p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
                                               i >= first_masked, CAUSAL)
-            # P V of tile i-1 has read the last P: this tile's P takes its registers.
-            acc = warpgroup_mma_wait(0, deps=(acc,))
-            mbarrier.arrive(free_bars.index(prev))
+            if OVERLAP_PV:
+                # P V of tile i-1 has read the last P: this tile's P takes its registers.
+                acc = warpgroup_mma_wait(0, deps=(acc,))
+                mbarrier.arrive(free_bars.index(prev))
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p = p_f32.to(dtype)
         if O_BUF:
@@ -515,7 +536,7 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
                        PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
-                       K_FREE: gl.constexpr = False):
+                       K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -526,7 +547,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     BLOCK_M is 128, 192 or 256; REGS the registers of each computing warpgroup past the first
     (``ws_launch_options``). O_BUF: the output is staged in a buffer of its own (``WS_OUTPUT_BUFFER``), not in each
     warpgroup's Q buffer. K_FREE: each K buffer comes free once the q.k products have read it, apart from its V
-    buffer (``ws_k_free``)."""
+    buffer (``ws_k_free``). OVERLAP_PV: each step's P V product runs while the next tile's softmax does; without it
+    (two programs per SM), one product is in flight at a time (``ws_launch_options``)."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -572,11 +594,11 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -591,15 +613,15 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -614,19 +636,19 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF)),
+                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,

@@ -1,0 +1,77 @@
+"""With the two-programs-per-SM forward no longer serialised: its 128x64 tiles (3 or 4 stages) against the tiles
+``WS_TILES`` gives the d64 lengths near the 1.5x-SDPA-flash bar. CUDA-graph timings interleaved with SDPA flash,
+medians of the rounds."""
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = os.getcwd()
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import fa2dist  # noqa: E402
+import fa2dist.ops.attention as att  # noqa: E402
+from bench_attention import _graph_ms  # noqa: E402
+
+OUT = os.environ.get("OUT", ".")
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+ORIG_TILES = att.ws_tiles
+TILES = {"s3x2": (128, 64, 3, 2), "s4x2": (128, 64, 4, 2)}
+SHAPES = [(64, 1024, False), (64, 4096, True), (64, 1536, True), (64, 2048, True), (64, 4096, False)]
+
+
+def fwd_fn(name, q, k, v, causal):
+    if name == "flash":
+        def f():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return f
+
+    def f():
+        if name in TILES:
+            att.ws_tiles = lambda *a: TILES[name]
+        try:
+            return fa2dist.flash_attention(q, k, v, causal=causal, layout="bhsd")
+        finally:
+            att.ws_tiles = ORIG_TILES
+    return f
+
+
+checks = {}
+for nq, nk, causal in [(1000, 1037, False), (1000, 1037, True), (4100, 4100, True), (333, 4500, False)]:
+    torch.manual_seed(nq)
+    q, k, v = (torch.randn(2, 4, n, 64, device="cuda", dtype=torch.bfloat16) for n in (nq, nk, nk))
+    base = fwd_fn("current", q, k, v, causal)()
+    checks[f"nq{nq} nk{nk} {causal}"] = {n: (fwd_fn(n, q, k, v, causal)() - base).abs().max().item() for n in TILES}
+print(checks, flush=True)
+x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+t0 = time.time()
+while time.time() - t0 < 15:
+    for _ in range(50):
+        x @ x
+    torch.cuda.synchronize()
+del x
+res = {}
+for r in range(ROUNDS):
+    for d, n, causal in SHAPES:
+        b, h = 16384 // n, 2048 // d
+        torch.manual_seed(r)
+        q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        flops = 4 * b * h * n * n * d * (0.5 if causal else 1)
+        key = f"d{d} n{n} {'causal' if causal else 'full'}"
+        names = ["flash", "current", *TILES]
+        if r % 2:
+            names = names[::-1]
+        for name in names:
+            ms = _graph_ms(fwd_fn(name, q, k, v, causal), 150)
+            res.setdefault(key, {}).setdefault(name, []).append(round(flops / ms / 1e9, 1))
+        print(r, key, {k2: v2[-1] for k2, v2 in res[key].items()}, flush=True)
+    json.dump({"tflops": res, "max_abs_diff_vs_current": checks, "device": torch.cuda.get_device_name()},
+              open(os.path.join(OUT, "tiles.json"), "w"), indent=1)
+for key, vals in res.items():
+    med = {k2: sorted(v2)[len(v2) // 2] for k2, v2 in vals.items()}
+    print(f"{key:18s}", "  ".join(f"{k2} {x:6.1f} ({x / med['flash']:.3f})" for k2, x in med.items()))
