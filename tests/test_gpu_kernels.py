@@ -117,7 +117,7 @@ WS_SHAPES = [
     (2, 3, 3, 2048, 2048, 64),
     (1, 3, 1, 1000, 3000, 64),
     (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys without a mask, past 4k causal: 192-row tiles (three warpgroups)
-    (1, 2, 2, 2050, 2050, 64),
+    (1, 2, 2, 2050, 2050, 64),  # causal past 2k keys: 256-row tiles in 6 stages, drawn from a counter
     (1, 2, 2, 8200, 8200, 64),
     (1, 2, 1, 200, 9000, 64),
     (1, 2, 2, 9000, 8192, 64),  # causal: each of the three warpgroups stops at its own last key tile
@@ -218,10 +218,11 @@ PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dyn
     ((1, 3, 3, 65, 129, 128), False),  # fewer tiles than programs
     ((1, 3, 3, 65, 129, 128), True),
     ((3, 7, 7, 1500, 1000, 128), True),  # rows that see no key
-    ((2, 6, 2, 1000, 1900, 64), True),  # grouped-query heads, 256-row tiles
+    ((2, 6, 2, 1000, 1900, 64), True),  # grouped-query heads, two programs per SM
     ((24, 16, 16, 1024, 1024, 64), False),
     ((24, 16, 16, 1024, 1024, 64), True),  # two programs per SM
-    ((3, 4, 4, 2048, 2048, 64), True),
+    ((3, 4, 4, 2048, 2048, 64), True),  # 256-row tiles in 4 stages
+    ((2, 4, 2, 4000, 4000, 64), True),  # in 6 stages
     ((1, 3, 3, 65, 129, 64), False),
     ((2, 3, 3, 1100, 700, 64), True),  # rows that see no key free their Q buffer at once (the output buffer)
     ((2, 3, 3, 2000, 1600, 64), True),

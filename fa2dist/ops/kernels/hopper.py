@@ -59,12 +59,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: 2k, causal or not (3 stages past 2k: 2 stages with the output buffer were 8% slower at 4k). d64 since two programs
 #: per SM issue one wgmma product at a time (``ws_launch_options``' OVERLAP_PV; 2026-11-27,
 #: benchmarks/results/h100-2026-11-27-pvfirst, tiles.json): causal below 2k keys, +4% at 1.5k over 256-row tiles
-#: (level at 2k; 1-3% slower at 1k without a mask and at 4k causal, 6% at 4k without a mask).
+#: (level at 2k; 1-3% slower at 1k without a mask and at 4k causal, 6% at 4k without a mask). Past 2k causal, on the
+#: counter-drawn grid (``WS_DYNAMIC``), 6 stages: +4% at 4k against 4 stages with one tile a program (grid4k.json;
+#: 4 stages on that grid +1.5%, 6 stages with one tile a program level).
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
     (64, False, 2048, (192, 128, 3, 1)),
     (64, True, 0, (128, 64, 3, 2)),
     (64, True, 2048, (256, 64, 4, 1)),
+    (64, True, 2049, (256, 64, 6, 1)),
     (64, True, 4097, (192, 128, 3, 1)),
     (128, None, 0, (128, 128, 2, 1)),
     (128, None, 2049, (128, 128, 3, 1)),
@@ -109,8 +112,9 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 #: h100-2026-11-27-dynamic, CUDA-graph replays, medians of 3 interleaved rounds, two runs), against the grids before:
 #: d64 and d128 from 512 to 2k keys +1-5% (d64 1k without a mask +2% and -2%; d128 without a mask against the fixed
 #: persistent grid); d128 at 4k and 16k level; d64 from 4k causal 2-4% slower (its 192x128 kernel spills on any
-#: persistent grid); d256 level to 3% slower. d64 causal at 2k keys, with 256-row tiles: +2% (h100-2026-11-27-rows256).
-WS_DYNAMIC = ((64, False, 2047), (64, True, 2048), (128, False, 2048), (128, True, 2048))
+#: persistent grid); d256 level to 3% slower. d64 causal at 2k keys, with 256-row tiles: +2% (h100-2026-11-27-rows256);
+#: up to 4k with 256-row tiles in 6 stages (``WS_TILES``; h100-2026-11-27-pvfirst/grid4k.json): +4% at 4k.
+WS_DYNAMIC = ((64, False, 2047), (64, True, 4096), (128, False, 2048), (128, True, 2048))
 
 
 def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
