@@ -500,7 +500,7 @@ def _ptxas_spill_bytes(ptx: str) -> int:
     """Spill stores ptxas reports for sm_90a (Triton's own ptxas), in bytes. Also fails where ptxas serialises the
     warpgroup MMAs: C7514, an accumulator touched while its MMA may run (e.g. an MMA left in flight across a loop's
     back edge and read after it; such a kernel was measured 20-33% slower), and C7512, too few registers to keep
-    them in flight (the two-programs-per-SM forward was 10-13% slower with it)."""
+    them in flight (the two-programs-per-SM forward was 8-12% slower with it)."""
     import re
 
     from triton.backends.nvidia.compiler import get_ptxas

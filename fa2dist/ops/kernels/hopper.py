@@ -132,7 +132,7 @@ def ws_launch_options(block_m: int, ctas: int) -> dict:
     OVERLAP_PV (``attn_fwd_ws_kernel``): whether a warpgroup keeps tile i-1's P V product in flight while tile i's
     softmax runs. That takes the scores, the output accumulator and P at once, which 104 registers do not hold: with
     two programs per SM ptxas then waited for every wgmma instruction (its C7512), and issuing one product at a time
-    instead was 9-13% faster at d64 1k causal and 7-10% at 512, bitwise equal (H100, bf16, 16k tokens, 2026-11-27,
+    instead was 8.6-13.5% faster at d64 1k causal and 6.6-9.8% at 512, bitwise equal (H100, bf16, 16k tokens, 2026-11-27,
     two runs: benchmarks/results/h100-2026-11-27-pvfirst)."""
     if ctas == 2:
         assert block_m == 128, "two programs per SM are written for two computing warpgroups"
