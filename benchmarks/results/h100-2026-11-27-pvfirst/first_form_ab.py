@@ -1,6 +1,8 @@
 """The d64 two-programs-per-SM forward (128x64 tiles) with each step's P V product waited for before the q.k product
 is issued (no serialised wgmma: both fit 104 registers) against the committed kernel (ptxas C7512: every wgmma
-waited for). Bitwise checks and float64 errors, then CUDA-graph timings interleaved with SDPA flash and cuDNN."""
+waited for). Bitwise checks and float64 errors, then CUDA-graph timings interleaved with SDPA flash and cuDNN.
+Run from the repository root of the commit before the change, with first_form.patch applied to a copy of
+fa2dist/ops/kernels/hopper.py at ab_old/hv_e4.py (argument 2 names such copies, comma-separated)."""
 import json, os, sys, time, importlib.util
 import torch
 import torch.nn.functional as F
