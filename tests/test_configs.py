@@ -628,6 +628,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     from fa2dist.ops import attention
     from fa2dist.ops.kernels.hopper import (
         ws_bwd_tiles,
+        ws_dq_permuted,
         ws_dynamic,
         ws_fused_dq,
         ws_interleave,
@@ -681,6 +682,8 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_fused_dq(128, False, 1) and ws_fused_dq(64, False, 1) and not ws_fused_dq(256, False, 16384)
     assert ws_fused_dq(128, True, 3072) and not ws_fused_dq(128, True, 3071)
     assert ws_fused_dq(64, True, 4096) and not ws_fused_dq(64, True, 4095)
+    # d128 adds its dQ tiles with their rows permuted; d64 adds dQ^T.
+    assert ws_dq_permuted(128) and not ws_dq_permuted(64)
     assert attention._warp_specialized(q.half(), 128, 1, dense)
     assert not attention._warp_specialized(q.float(), 128, 1, dense)
     assert attention._warp_specialized(q, 256, 1, dense)
@@ -710,6 +713,29 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
 
 
 @needs_compiler
+def test_permuted_dq_rows_read_back():
+    """The fused Hopper backward adds dQ row 8a + 4b + c into accumulator row 8a + 2c + b (rows rounded up to a
+    multiple of 8); the conversion to q's dtype and layout puts every row back, at lengths with and without a last
+    partial group of 8."""
+    from fa2dist.ops.attention import _from_dq_acc
+
+    for seqlen in (1, 7, 8, 13, 64, 100):
+        dq = torch.randn(2, 3, seqlen, 16)
+        acc = torch.full((2, 3, -(-seqlen // 8) * 8, 16), float("nan"))
+        for row in range(seqlen):
+            group, rest = divmod(row, 8)
+            half, quarter = divmod(rest, 4)
+            acc[:, :, 8 * group + 2 * quarter + half] = dq[:, :, row]
+        for layout in ("bhsd", "bshd"):
+            q = torch.empty(2, 3, seqlen, 16, dtype=torch.bfloat16)
+            want = dq.to(torch.bfloat16)
+            if layout == "bshd":
+                q, want = q.transpose(1, 2).contiguous(), want.transpose(1, 2).contiguous()
+            got = _from_dq_acc(acc, q, layout, permuted=True)
+            assert got.shape == q.shape and got.stride() == q.stride()
+            assert torch.equal(got, want), (seqlen, layout)
+
+
 @pytest.mark.parametrize(
     "row, atomic_dq",
     [
@@ -725,7 +751,7 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     the register split they ask for (24 for the loading warp, 240 for each computing warpgroup) and (nearly) no
     register spills; the sequence-parallel form adds dQ through the copy engine (a bulk reduction). Head dims above
     128 run the split-role kernel (no dQ form)."""
-    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_split_kernel, attn_bwd_dkdv_ws_kernel
+    from fa2dist.ops.kernels.hopper import attn_bwd_dkdv_split_kernel, attn_bwd_dkdv_ws_kernel, ws_dq_permuted
 
     head_dim, causal, (block_m, block_n, stages) = row
     split = head_dim > 128
@@ -734,7 +760,7 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
     if not split:
-        constexprs["ATOMIC_DQ"] = atomic_dq
+        constexprs.update(ATOMIC_DQ=atomic_dq, DQ_PERMUTED=atomic_dq and ws_dq_permuted(head_dim))
     # The first computing warpgroup adds each query tile's dQ, all columns.
     dq_desc = _gluon_desc(x.float(), block_m, head_dim) if atomic_dq else _gluon_desc(x, key_rows, head_dim)
     types = dict(q_desc=_gluon_desc(x, block_m, head_dim), do_desc=_gluon_desc(x, block_m, head_dim),

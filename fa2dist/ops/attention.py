@@ -28,6 +28,7 @@ try:
         attn_bwd_dq_ws_kernel,
         attn_fwd_ws_kernel,
         ws_bwd_tiles,
+        ws_dq_permuted,
         ws_dq_tiles,
         ws_dynamic,
         ws_fused_dq,
@@ -445,9 +446,10 @@ def _ws_descriptors(layout: str, cols: int, *specs) -> list:
 
 
 def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
-                      seqlen_k, head_dim) -> None:
+                      seqlen_k, head_dim, dq_permuted=False) -> None:
     """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv, and with an fp32
-    ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it."""
+    ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it; with ``dq_permuted`` its rows go in
+    permuted within groups of 8, and ``dq_acc`` has seqlen_q rounded up to a multiple of 8 rows."""
     block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
     if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
         attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
@@ -468,7 +470,7 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        ATOMIC_DQ=dq_acc is not None, num_warps=4,
+        ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_acc is not None and dq_permuted, num_warps=4,
     )
 
 
@@ -560,12 +562,14 @@ def attn_bwd(
     if ws:
         # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
         fused = not deterministic and ws_fused_dq(head_dim, feats.window_right == 0, seqlen_k)
-        dq_acc = q.new_zeros((batch, nheads, seqlen_q, head_dim), dtype=torch.float32) if fused else None
+        permuted = ws_dq_permuted(head_dim)
+        rows = _cdiv(seqlen_q, 8) * 8 if permuted else seqlen_q
+        dq_acc = q.new_zeros((batch, nheads, rows, head_dim), dtype=torch.float32) if fused else None
         try:
             _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group,
-                              seqlen_q, seqlen_k, head_dim)
+                              seqlen_q, seqlen_k, head_dim, permuted)
             if dq_acc is not None:
-                return _from_dq_acc(dq_acc, q, layout), dk, dv
+                return _from_dq_acc(dq_acc, q, layout, permuted), dk, dv
             deterministic = True
         except _GLUON_ERRORS as err:
             _gluon_failed("backward", err)
@@ -647,12 +651,22 @@ def attn_bwd(
     return dq, dk, dv
 
 
-def _from_dq_acc(dq_acc: torch.Tensor, q: torch.Tensor, layout: str) -> torch.Tensor:
-    """dQ in q's dtype, shape and strides from the fp32 accumulator ((batch, heads, seqlen, d), or q's shape)."""
-    if layout == "bshd":
-        dq_acc = dq_acc.transpose(1, 2)
+def _from_dq_acc(dq_acc: torch.Tensor, q: torch.Tensor, layout: str, permuted: bool = False) -> torch.Tensor:
+    """dQ in q's dtype, shape and strides from the fp32 accumulator ((batch, heads, seqlen, d), or q's shape).
+    ``permuted``: the accumulator has seqlen rounded up to a multiple of 8 rows, and row 8a + 4b + c of dQ is in its
+    row 8a + 2c + b (the fused Hopper backward's ``DQ_PERMUTED``)."""
     dq = torch.empty_like(q)
-    dq.copy_(dq_acc)
+    if not permuted:
+        dq.copy_(dq_acc.transpose(1, 2) if layout == "bshd" else dq_acc)
+        return dq
+    target = dq.transpose(1, 2) if layout == "bshd" else dq  # (batch, heads, seqlen, d)
+    seqlen = target.shape[2]
+    whole = seqlen // 8 * 8
+    # Row 8a + 2c + b of the accumulator, as [a, c, b], transposed to [a, b, c]: rows in dQ's order, 8 at a time.
+    groups = dq_acc.unflatten(2, (-1, 4, 2)).transpose(3, 4)
+    target[:, :, :whole].unflatten(2, (-1, 2, 4)).copy_(groups[:, :, : whole // 8])
+    if whole < seqlen:
+        target[:, :, whole:].copy_(groups[:, :, whole // 8].flatten(2, 3)[:, :, : seqlen - whole])
     return dq
 
 

@@ -708,6 +708,13 @@ def ws_fused_dq(head_dim: int, causal: bool, seqlen_k: int) -> bool:
     return any(head_dim == dim and causal == c and seqlen_k >= shortest for dim, c, shortest in WS_FUSED_DQ)
 
 
+def ws_dq_permuted(head_dim: int) -> bool:
+    """Whether the fused backward adds each dQ tile with its rows permuted within groups of 8 (``DQ_PERMUTED``): the
+    fp32 accumulator then needs its rows rounded up to a multiple of 8, and the caller undoes the permutation when it
+    converts dQ. At d64 the kernel stores dQ^T instead, which has no bank conflicts either."""
+    return head_dim != 64
+
+
 def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
     """The dK/dV kernel's tiles for this call, or None where the backward runs the Triton kernels."""
     for dim, causal_only, tiles in WS_BWD:
@@ -792,12 +799,12 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                            ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
                            GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr,
                            WG_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                           ATOMIC_DQ: gl.constexpr, WG: gl.constexpr):
+                           ATOMIC_DQ: gl.constexpr, DQ_PERMUTED: gl.constexpr, WG: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
     of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
     both warpgroups put their dS in shared memory (``ds_bars``: both written), the first (WG 0) multiplies it by K
-    for all of dQ (``dqd_bars``: read; at d64 as dQ^T = K^T dS^T, whose stores avoid bank conflicts) and the copy
-    engine adds that into the fp32 dQ. The second warpgroup does no
+    for all of dQ (``dqd_bars``: read; at d64 as dQ^T = K^T dS^T, at d128 with its rows permuted, both to avoid bank
+    conflicts in its stores) and the copy engine adds that into the fp32 dQ. The second warpgroup does no
     dQ work: it runs ahead into its next step while the first's dQ product holds the tensor cores, which splitting
     dQ's columns over both (each then waiting for the other's dS every step) did not allow."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -823,7 +830,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             # dQ^T = K^T dS^T goes in (below): each thread then stores single fp32 values of four rows, whose 128-byte
             # swizzle spreads a warp's stores over all the banks. dQ = dS K would be stored as pairs of one row, and
             # each half-warp's pairs fall on half of the banks (Nsight Compute: 4 wavefronts a store, twice the
-            # least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays.
+            # least). At d128 the two 64-column halves of dQ^T cost spills: dQ stays, stored with its rows permuted
+            # (DQ_PERMUTED).
             dq_buf = dq_buf.permute((1, 0))
 
     total = GROUP * n_m_tiles
@@ -897,7 +905,12 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                 dq = warpgroup_mma_wait(0, deps=(dq,))
                 mbarrier.arrive(dqd_bars.index(par))
                 tma.store_wait(0)  # the last step's dQ has left the buffer
-                dq_buf.store(dq * sm_scale)
+                dq = dq * sm_scale
+                if DQ_PERMUTED:
+                    # Row 8a + 4b + c goes to row 8a + 2c + b (a relabelling of registers, no data moves): each
+                    # half-warp's four rows then have swizzle phases 0, 2, 4, 6, and its pairs cover all the banks.
+                    dq = dq.reshape([BLOCK_M // 8, 2, 4, HEAD_DIM]).permute((0, 2, 1, 3)).reshape([BLOCK_M, HEAD_DIM])
+                dq_buf.store(dq)
                 fence_async_shared()
                 _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
         else:
@@ -923,11 +936,13 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
 def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, LSE, DELTA, sm_scale,
                             stride_lz, stride_lh, GROUP, N_Q, N_K,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr):
+                            STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr,
+                            DQ_PERMUTED: gl.constexpr = False):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
     BLOCK_M rows and HEAD_DIM columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
-    unused.
+    unused. With DQ_PERMUTED (``ws_dq_permuted``) row 8a + 4b + c of dQ lands in row 8a + 2c + b, and ``dq_desc``
+    needs seqlen_q rounded up to a multiple of 8 rows.
     Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``,
     ``v_desc``, ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO),
     laid out like LSE."""
@@ -965,11 +980,13 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
                                       off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 0)),
+                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, DQ_PERMUTED,
+                                      0)),
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
                                       off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, 1)),
+                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, DQ_PERMUTED,
+                                      1)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                    do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
