@@ -711,7 +711,11 @@ def ws_fused_dq(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 def ws_dq_permuted(head_dim: int) -> bool:
     """Whether the fused backward adds each dQ tile with its rows permuted within groups of 8 (``DQ_PERMUTED``): the
     fp32 accumulator then needs its rows rounded up to a multiple of 8, and the caller undoes the permutation when it
-    converts dQ. At d64 the kernel stores dQ^T instead, which has no bank conflicts either."""
+    converts dQ. At d64 the kernel stores dQ^T instead, which has no bank conflicts either. Timed on an H100 (bf16,
+    16k tokens, 2026-11-27, benchmarks/results/h100-2026-11-27-dqrows, medians of 5 interleaved rounds), d128
+    forward+backward: +3.4% at 4k and +4.8% at 16k keys without a mask, +1.4% at 16k causal, level at 1k and 4k
+    causal; a 32-byte swizzle for the buffer instead (conflict-free too, but 16 copy-engine boxes a step) 5-9%
+    slower."""
     return head_dim != 64
 
 
