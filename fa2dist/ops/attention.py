@@ -470,7 +470,7 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_acc is not None and dq_permuted, num_warps=4,
+        ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
     )
 
 
@@ -562,7 +562,7 @@ def attn_bwd(
     if ws:
         # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
         fused = not deterministic and ws_fused_dq(head_dim, feats.window_right == 0, seqlen_k)
-        permuted = ws_dq_permuted(head_dim)
+        permuted = fused and ws_dq_permuted(head_dim)
         rows = _cdiv(seqlen_q, 8) * 8 if permuted else seqlen_q
         dq_acc = q.new_zeros((batch, nheads, rows, head_dim), dtype=torch.float32) if fused else None
         try:
