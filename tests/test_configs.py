@@ -579,6 +579,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         ws_k_free,
         ws_launch_options,
         ws_output_buffer,
+        ws_row_shares,
     )
 
     head_dim, _, shortest, (block_m, block_n, stages, ctas) = row
@@ -587,7 +588,7 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         # Causal: the interleaved grid order (ws_interleave), whose index arithmetic must not cost spills either.
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
                           INTERLEAVE=4 if causal else 1, O_BUF=ws_output_buffer(head_dim, shortest),
-                          K_FREE=ws_k_free(stages), **options)
+                          K_FREE=ws_k_free(stages), ROW_SHARES=ws_row_shares(head_dim), **options)
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
@@ -635,6 +636,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         ws_k_free,
         ws_output_buffer,
         ws_persistent,
+        ws_row_shares,
         ws_tiles,
     )
 
@@ -663,6 +665,8 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert not (ws_output_buffer(128, 2049) or ws_output_buffer(256, 1024))
     # Two stages free each K buffer apart from its V buffer.
     assert ws_k_free(2) and not (ws_k_free(3) or ws_k_free(6))
+    # d64 keeps each thread's share of the row sums.
+    assert ws_row_shares(64) and not (ws_row_shares(128) or ws_row_shares(256))
     # Causal forwards interleave 4 heads where a head's K and V take at most 4 MiB.
     assert ws_interleave(64, 16384) == ws_interleave(128, 8192) == ws_interleave(128, 1) == 4
     assert ws_interleave(64, 16385) == ws_interleave(128, 8193) == ws_interleave(256, 1024) == 1

@@ -191,6 +191,34 @@ def test_forward_k_free_changes_no_bit(shape, causal, monkeypatch):
     assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [(2, 4, 2, 1000, 1037, 64), (1, 3, 3, 2050, 2050, 64), (1, 4, 2, 333, 4500, 64),
+                                   (2, 3, 3, 777, 1031, 128), (1, 2, 2, 1031, 1031, 256)],
+                         ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_forward_row_shares_match_quad_sums(shape, causal, dtype, monkeypatch):
+    """Each thread's share of the row sums, added across the quad after the last key tile (``ws_row_shares``), on
+    every d64 tile (256 rows, two programs of 128, 192x128, 6 stages) and on the 128- and 64-key tiles of d128 and
+    d256: the output as close to float64 as with the quad's sums every tile, LSE equal to a few fp32 ulps."""
+    from fa2dist.ops import attention
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, dtype, "cuda", "bshd", 9)
+    out64, lse64, _ = reference_with_grads(q, k, v, torch.zeros_like(q), causal, "bshd", torch.float64)
+    outlp, _, _ = reference_with_grads(q, k, v, torch.zeros_like(q), causal, "bshd", None)
+    seen = torch.isfinite(lse64)
+    lses = []
+    for shares in (True, False):
+        monkeypatch.setattr(attention, "ws_row_shares", lambda head_dim, shares=shares: shares)
+        out, lse = fa2dist.flash_attention(q, k, v, causal=causal, return_lse=True)
+        check_against_reference(f"out (shares {shares})", to_bhsd(out, "bshd"), out64, outlp, 2, 1e-5)
+        assert torch.equal(torch.isfinite(lse), seen) and max_err(lse[seen], lse64[seen]) < 1e-4
+        lses.append(lse[seen])
+    assert max_err(lses[0], lses[1]) <= 8 * torch.finfo(torch.float32).eps * lses[1].abs().max().clamp(min=1).item()
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 5, 1100, 1000, 128), (2, 3, 1, 700, 700, 64), (1, 6, 3, 4200, 4100, 128)],
                          ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
 def test_interleaved_causal_forward_matches_head_by_head(shape, monkeypatch):

@@ -37,6 +37,7 @@ try:
         ws_launch_options,
         ws_output_buffer,
         ws_persistent,
+        ws_row_shares,
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
@@ -419,8 +420,8 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
         seqlen_q, seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
         INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic,
-        O_BUF=ws_output_buffer(head_dim, seqlen_k), K_FREE=ws_k_free(stages), num_warps=4,
-        **ws_launch_options(block_m, ctas),
+        O_BUF=ws_output_buffer(head_dim, seqlen_k), K_FREE=ws_k_free(stages), ROW_SHARES=ws_row_shares(head_dim),
+        num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
 

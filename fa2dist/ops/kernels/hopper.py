@@ -166,6 +166,19 @@ def ws_k_free(stages: int) -> bool:
     return stages == 2
 
 
+#: The head dims whose forward keeps each thread's share of the row sums (``attn_fwd_ws_kernel``'s ROW_SHARES): the
+#: quad's two shuffles and adds of every key tile move after the last one. Timed on an H100 (bf16, 16k tokens,
+#: 2026-11-27, benchmarks/results/h100-2026-11-27-rowshares, CUDA-graph replays, medians of 5 interleaved rounds):
+#: d64 +2.4% at 1k without a mask (faster in each round) and at 4k causal, +1.5% at 16k, level at 1k causal; d128
+#: and d256 from -2% to +3%, not taken. Output errors against float64 equal to the quad's sums.
+WS_ROW_SHARES = (64,)
+
+
+def ws_row_shares(head_dim: int) -> bool:
+    """Whether this forward keeps each thread's share of the row sums (``WS_ROW_SHARES``)."""
+    return head_dim in WS_ROW_SHARES
+
+
 def ws_tiles(head_dim: int, seqlen_k: int, causal: bool) -> tuple[int, int, int, int] | None:
     """The tiles (BLOCK_M, BLOCK_N, STAGES, CTAS) for this call, or None where it runs the Triton forward."""
     tiles = None
@@ -356,9 +369,11 @@ def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr)
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr):
+def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr,
+             ROW_SHARES: gl.constexpr = False):
     """One tile's online-softmax step on raw q.k scores (row max ``m_i`` in scaled log2 units, ``qk_scale`` > 0):
-    (P, new row max, new row sum, rescale of the old output). P = exp2(s * scale - m), one FMA per score."""
+    (P, new row max, new row sum, rescale of the old output). P = exp2(s * scale - m), one FMA per score.
+    ROW_SHARES: ``l_i`` holds each thread's share of the row sums, [rows, 4] (``_row_shares``)."""
     if masked:
         keep = cols[None, :] + start_n < N_K
         if CAUSAL:
@@ -372,8 +387,19 @@ def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUS
         m_sub = m_new
     p = gl.exp2(s * qk_scale - m_sub[:, None])
     alpha = gl.exp2(m_i - m_sub)
-    l_i = l_i * alpha + gl.sum(p, 1)
+    if ROW_SHARES:
+        l_i = l_i * gl.convert_layout(alpha, gl.SliceLayout(1, l_i.type.layout))[:, None] + _row_shares(p)
+    else:
+        l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _row_shares(x):
+    """Each thread's share of the row sums of a wgmma-layout tile, [rows, 4]: the 4 threads of a quad hold
+    interleaved pairs of columns (8j + 2t, 8j + 2t + 1), so the sum over j and the pair stays within the thread. The
+    quad's shares are added once, after the last key tile, instead of with two shuffles for every tile."""
+    return gl.sum(gl.sum(x.reshape([x.shape[0], x.shape[1] // 8, 4, 2]), 3), 1)
 
 
 @gluon.jit
@@ -381,7 +407,8 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                        first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
-                       ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr):
+                       ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
+                       ROW_SHARES: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
     if DYNAMIC:
         total = n_t * n_h * n_z
@@ -393,7 +420,8 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                              ROW_SHARES)
             j += 1
             mbarrier.wait(q_bars.index(WG), j & 1)
             tile = _get_tile_id(ids, j)
@@ -403,12 +431,14 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                               start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
+                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                              ROW_SHARES)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
                      off_h, 0, 0, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES,
-                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV)
+                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                              ROW_SHARES)
     if O_BUF:
         tma.store_wait(0)  # the last output has left the buffer
 
@@ -417,7 +447,7 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
 def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z, off_h,
                  j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr,
-                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr):
+                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr, ROW_SHARES: gl.constexpr):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys."""
@@ -449,7 +479,10 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     else:
         first_masked = N_K // BLOCK_N
     m_i = gl.full([WG_M], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
+    if ROW_SHARES:
+        l_i = _row_shares(s_init)  # zeros, in the layout of the shares
+    else:
+        l_i = gl.zeros([WG_M], gl.float32, layout=row_s)
     acc = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
 
     # Wait for Q even when no key is visible: its buffer stages the output below.
@@ -461,7 +494,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
         s = warpgroup_mma_wait(0, deps=(s,))
         if K_FREE:
             mbarrier.arrive(free_bars.index(STAGES + kv % STAGES))
-        p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL)
+        p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL,
+                                      ROW_SHARES)
         p = p.to(dtype)
         for i in range(1, n_own):
             g = kv + i
@@ -491,7 +525,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             if K_FREE:
                 mbarrier.arrive(free_bars.index(STAGES + st))
             p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
-                                              i >= first_masked, CAUSAL)
+                                              i >= first_masked, CAUSAL, ROW_SHARES)
             if OVERLAP_PV:
                 # P V of tile i-1 has read the last P: this tile's P takes its registers.
                 acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -511,6 +545,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     if CAUSAL:
         _release_tiles(k_bars, v_bars, free_bars, kv + n_own, kv + n_tiles, STAGES)
 
+    if ROW_SHARES:
+        l_i = gl.convert_layout(gl.sum(l_i, 1), row_s)
     empty = l_i == 0.0
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
@@ -540,7 +576,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
                        PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
-                       K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True):
+                       K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True,
+                       ROW_SHARES: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -552,7 +589,8 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     (``ws_launch_options``). O_BUF: the output is staged in a buffer of its own (``WS_OUTPUT_BUFFER``), not in each
     warpgroup's Q buffer. K_FREE: each K buffer comes free once the q.k products have read it, apart from its V
     buffer (``ws_k_free``). OVERLAP_PV: each step's P V product runs while the next tile's softmax does; without it
-    (two programs per SM), one product is in flight at a time (``ws_launch_options``)."""
+    (two programs per SM), one product is in flight at a time (``ws_launch_options``). ROW_SHARES: each thread sums
+    its own share of the row sums, added up across the quad once, after the last key tile (``ws_row_shares``)."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -598,11 +636,13 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -617,15 +657,18 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
@@ -640,19 +683,23 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
                                       stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV)),
+                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
                                    BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
