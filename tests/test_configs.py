@@ -650,13 +650,14 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     causal = attention.Features(0.125, window_right=0)
     assert attention._warp_specialized(q, 128, 1, dense) and attention._warp_specialized(q, 128, 4096, causal)
     assert attention._warp_specialized(q, 64, 1, dense) and attention._warp_specialized(q, 64, 2048, causal)
-    # d64: 256-row tiles (four computing warpgroups) below 2k keys without a mask and from 2k to 4k causal (6 stages
-    # past 2k); two programs per SM causal below 2k; 192-row tiles from 2k without a mask and past 4k causal.
-    assert ws_tiles(64, 1, False) == ws_tiles(64, 2047, False) == (256, 64, 6, 1)
+    # d64: 256-row tiles (four computing warpgroups) below 1280 keys without a mask and from 2k to 4k causal (6
+    # stages past 2k); two programs per SM causal below 2k; 192-row tiles from 1280 without a mask and past 4k causal.
+    assert ws_tiles(64, 1, False) == ws_tiles(64, 1279, False) == (256, 64, 6, 1)
     assert ws_tiles(64, 1, True) == ws_tiles(64, 1536, True) == ws_tiles(64, 2047, True) == (128, 64, 3, 2)
     assert ws_tiles(64, 2048, True) == (256, 64, 4, 1)
     assert ws_tiles(64, 2049, True) == ws_tiles(64, 4096, True) == (256, 64, 6, 1)
-    assert ws_tiles(64, 2048, False) == ws_tiles(64, 4097, True) == ws_tiles(64, 16384, False) == (192, 128, 3, 1)
+    assert ws_tiles(64, 1280, False) == ws_tiles(64, 2047, False) == ws_tiles(64, 2048, False) == (192, 128, 3, 1)
+    assert ws_tiles(64, 4097, True) == ws_tiles(64, 16384, False) == (192, 128, 3, 1)
     # d128: 2 stages and an output buffer up to 2k keys, 3 stages from there; d256: 64-key tiles in 2 stages.
     assert ws_tiles(128, 1, True) == ws_tiles(128, 2048, False) == (128, 128, 2, 1)
     assert ws_tiles(128, 2049, True) == ws_tiles(128, 16384, False) == (128, 128, 3, 1)

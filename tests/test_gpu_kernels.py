@@ -112,7 +112,7 @@ WS_SHAPES = [
     (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: 256-row tiles (four computing warpgroups); causal, two programs
     (1, 2, 2, 300, 64, 64),
     (1, 3, 3, 1, 1031, 64),
-    (1, 4, 2, 1600, 1700, 64),  # causal below 2k keys: two programs; without a mask: 256-row tiles
+    (1, 4, 2, 1600, 1700, 64),  # causal below 2k keys: two programs; without a mask: 192-row tiles from a counter
     (1, 2, 2, 2000, 1600, 64),  # causal: the first 400 rows see no key
     (2, 3, 3, 2048, 2048, 64),
     (1, 3, 1, 1000, 3000, 64),
@@ -252,6 +252,7 @@ PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dyn
     ((3, 4, 4, 2048, 2048, 64), True),  # 256-row tiles in 4 stages
     ((2, 4, 2, 4000, 4000, 64), True),  # in 6 stages
     ((1, 3, 3, 65, 129, 64), False),
+    ((2, 4, 2, 1500, 1700, 64), False),  # 192-row tiles drawn from a counter (1280 to 2047 keys)
     ((2, 3, 3, 1100, 700, 64), True),  # rows that see no key free their Q buffer at once (the output buffer)
     ((2, 3, 3, 2000, 1600, 64), True),
 ]

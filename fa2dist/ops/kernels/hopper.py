@@ -61,10 +61,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: benchmarks/results/h100-2026-11-27-pvfirst, tiles.json): causal below 2k keys, +4% at 1.5k over 256-row tiles
 #: (level at 2k; 1-3% slower at 1k without a mask and at 4k causal, 6% at 4k without a mask). Past 2k causal, on the
 #: counter-drawn grid (``WS_DYNAMIC``), 6 stages: +4% at 4k against 4 stages with one tile a program (grid4k.json;
-#: 4 stages on that grid +1.5%, 6 stages with one tile a program level).
+#: 4 stages on that grid +1.5%, 6 stages with one tile a program level). d64 without a mask from 1280 keys (2026-11-27,
+#: benchmarks/results/h100-2026-11-27-d64rows192, medians of per-round ratios over 5 interleaved rounds, on the
+#: counter-drawn grid below 2k keys): 192x128 in 3 stages against 256x64 in 6, +2% at 1280, +8% at 1408, +7% and +10%
+#: at 1536 (two runs), +3% at 1792 and 2000; level at 1k (0.98x and 1.01x), 8-11% slower at 512 (4 and 5 stages no
+#: faster than 3).
 WS_TILES = (
     (64, False, 0, (256, 64, 6, 1)),
-    (64, False, 2048, (192, 128, 3, 1)),
+    (64, False, 1280, (192, 128, 3, 1)),
     (64, True, 0, (128, 64, 3, 2)),
     (64, True, 2048, (256, 64, 4, 1)),
     (64, True, 2049, (256, 64, 6, 1)),
