@@ -676,7 +676,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_persistent(128, False, 1024) and ws_persistent(128, False, 1 << 20)
     assert not (ws_persistent(128, True, 1024) or ws_persistent(64, False, 1024) or ws_persistent(256, False, 1024))
     assert ws_dynamic(64, False, 2047) and ws_dynamic(64, True, 4096) and not ws_dynamic(64, True, 4097)
-    assert not ws_dynamic(64, False, 2048)
+    assert ws_dynamic(64, False, 4096) and not ws_dynamic(64, False, 4097)
     assert ws_dynamic(128, False, 2048) and ws_dynamic(128, True, 1024) and not ws_dynamic(128, True, 2049)
     assert not (ws_dynamic(256, False, 1024) or ws_dynamic(256, True, 1024))
     # The dK/dV kernels: d64, d128 and d256.

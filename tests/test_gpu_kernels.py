@@ -252,7 +252,8 @@ PERSISTENT_CASES = [  # (shape, causal): the fixed persistent grid, then the dyn
     ((3, 4, 4, 2048, 2048, 64), True),  # 256-row tiles in 4 stages
     ((2, 4, 2, 4000, 4000, 64), True),  # in 6 stages
     ((1, 3, 3, 65, 129, 64), False),
-    ((2, 4, 2, 1500, 1700, 64), False),  # 192-row tiles drawn from a counter (1280 to 2047 keys)
+    ((2, 4, 2, 1500, 1700, 64), False),  # 192-row tiles drawn from a counter (1280 to 4096 keys)
+    ((2, 3, 3, 3000, 3000, 64), False),
     ((2, 3, 3, 1100, 700, 64), True),  # rows that see no key free their Q buffer at once (the output buffer)
     ((2, 3, 3, 2000, 1600, 64), True),
 ]

@@ -117,8 +117,10 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 #: d64 and d128 from 512 to 2k keys +1-5% (d64 1k without a mask +2% and -2%; d128 without a mask against the fixed
 #: persistent grid); d128 at 4k and 16k level; d64 from 4k causal 2-4% slower (its 192x128 kernel spills on any
 #: persistent grid); d256 level to 3% slower. d64 causal at 2k keys, with 256-row tiles: +2% (h100-2026-11-27-rows256);
-#: up to 4k with 256-row tiles in 6 stages (``WS_TILES``; h100-2026-11-27-pvfirst/grid4k.json): +4% at 4k.
-WS_DYNAMIC = ((64, False, 2047), (64, True, 4096), (128, False, 2048), (128, True, 2048))
+#: up to 4k with 256-row tiles in 6 stages (``WS_TILES``; h100-2026-11-27-pvfirst/grid4k.json): +4% at 4k. d64
+#: without a mask from 2k to 4k keys (192x128 tiles; h100-2026-11-27-dyn64, medians of per-round ratios over 5 rounds,
+#: on an H100 and an H200): +11% and +8% at 2k, +6% and +5% at 3k, +5% and +4% at 4k; level at 8k, 6-7% slower at 16k.
+WS_DYNAMIC = ((64, False, 4096), (64, True, 4096), (128, False, 2048), (128, True, 2048))
 
 
 def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
