@@ -27,6 +27,12 @@ def rows_of(path, head_dims):
 
 
 if __name__ == "__main__":
+    # With arguments JSON OUTDIR: every head dim of one warmed run, plotted into OUTDIR.
+    if len(sys.argv) == 3:
+        rows = rows_of(sys.argv[1], (64, 128, 256))
+        rows.sort(key=lambda r: (r["provider"], r["head_dim"], r["causal"], r["seqlen"]))
+        plot(rows, sys.argv[2])
+        sys.exit()
     rows = rows_of("steady_kfree.json", (64, 256)) + rows_of("steady_d128.json", (128,))
     rows.sort(key=lambda r: (r["provider"], r["head_dim"], r["causal"], r["seqlen"]))
     plot(rows, HERE)
