@@ -109,14 +109,14 @@ WS_SHAPES = [
     (1, 4, 4, 1, 77, 128),
     (1, 2, 1, 129, 1031, 128),
     (2, 8, 8, 4096, 4096, 128),
-    (2, 4, 2, 555, 555, 64),  # d64 below 2k keys: 256-row tiles (four computing warpgroups); causal, two programs
+    (2, 4, 2, 555, 555, 64),  # d64 below 1280 keys: 256-row tiles (four warpgroups); causal, two programs
     (1, 2, 2, 300, 64, 64),
     (1, 3, 3, 1, 1031, 64),
     (1, 4, 2, 1600, 1700, 64),  # causal below 2k keys: two programs; without a mask: 192-row tiles from a counter
     (1, 2, 2, 2000, 1600, 64),  # causal: the first 400 rows see no key
     (2, 3, 3, 2048, 2048, 64),
     (1, 3, 1, 1000, 3000, 64),
-    (1, 4, 2, 333, 4500, 64),  # d64 from 2k keys without a mask, past 4k causal: 192-row tiles (three warpgroups)
+    (1, 4, 2, 333, 4500, 64),  # d64 from 1280 keys without a mask, past 4k causal: 192-row tiles (three warpgroups)
     (1, 2, 2, 2050, 2050, 64),  # causal past 2k keys: 256-row tiles in 6 stages, drawn from a counter
     (1, 2, 2, 8200, 8200, 64),
     (1, 2, 1, 200, 9000, 64),
