@@ -63,7 +63,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 #: counter-drawn grid (``WS_DYNAMIC``), 6 stages: +4% at 4k against 4 stages with one tile a program (grid4k.json;
 #: 4 stages on that grid +1.5%, 6 stages with one tile a program level). d64 without a mask from 1280 keys (2026-11-27,
 #: benchmarks/results/h100-2026-11-27-d64rows192, medians of per-round ratios over 5 interleaved rounds, on the
-#: counter-drawn grid below 2k keys): 192x128 in 3 stages against 256x64 in 6, +2% at 1280, +8% at 1408, +7% and +10%
+#: counter-drawn grid, ``WS_DYNAMIC``): 192x128 in 3 stages against 256x64 in 6, +2% at 1280, +8% at 1408, +7% and +10%
 #: at 1536 (two runs), +3% at 1792 and 2000; level at 1k (0.98x and 1.01x), 8-11% slower at 512 (4 and 5 stages no
 #: faster than 3).
 WS_TILES = (
