@@ -601,9 +601,14 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         if ws_dynamic(head_dim, causal, shortest):
             grids.add((True, True))
         for persistent, dynamic in grids:
-            ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent, DYNAMIC=dynamic), types,
-                                str(options["REGS"]), programs_per_sm=ctas)
-            assert _ptxas_spill_bytes(ptx) <= (32 if dynamic and causal else 8)
+            # Sliding windows (a left bound) on the grid the row's shortest length runs: a window's tiles follow its
+            # width, so every row may run one.
+            windows = (False, True) if (persistent, dynamic) == max(grids) else (False,)
+            for has_left in windows:
+                ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent, DYNAMIC=dynamic,
+                                                             HAS_LEFT=has_left),
+                                    types, str(options["REGS"]), programs_per_sm=ctas)
+                assert _ptxas_spill_bytes(ptx) <= (32 if dynamic and causal else 8), has_left
 
 
 @needs_compiler
@@ -620,13 +625,15 @@ def test_warp_specialized_dq_fits_hopper(row, causal):
             "v_desc": block_n}
     types = dict(LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
                  **{name: _gluon_desc(x, n, head_dim) for name, n in rows.items()})
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    # Causal with a sliding window's left bound too (the extra mask and the tiles skipped before the window).
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+                      HAS_LEFT=causal)
     assert _ptxas_spill_bytes(_compile_sm90(attn_bwd_dq_ws_kernel, constexprs, types)) <= 64
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
-    """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90; everything else runs the Triton
-    forward."""
+    """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90, causal or not, with or without a sliding window;
+    everything else runs the Triton forward."""
     from fa2dist.ops import attention
     from fa2dist.ops.kernels.hopper import (
         ws_bwd_tiles,
@@ -695,9 +702,15 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert attention._warp_specialized(q, 256, 1, dense)
     for head_dim in (32, 96, 160):
         assert not attention._warp_specialized(q, head_dim, 8192, dense)
+    # Sliding windows run it too: the right bound as a shifted diagonal (CAUSAL), the left one as HAS_LEFT; tiles and
+    # grid follow the window's width where both sides are bounded.
+    for left, right, span in ((16, 0, 17), (-1, 4, 8192), (100, 27, 128), (16, -1, 8192), (9000, 0, 8192)):
+        feats = attention.Features(0.125, window_left=left, window_right=right)
+        assert attention._warp_specialized(q, 128, 8192, feats), feats
+        assert attention._key_span(feats, 8192) == span
+        assert attention._banded(feats) == (right >= 0)
+        assert attention._window_args(feats) == dict(LEFT=max(left, 0), RIGHT=max(right, 0), HAS_LEFT=left >= 0)
     for feats in (
-        attention.Features(0.125, window_left=16, window_right=0),
-        attention.Features(0.125, window_right=4),
         attention.Features(0.125, softcap=30.0),
         attention.Features(0.125, alibi=True),
         attention.Features(0.125, dropout_p=0.1),
@@ -764,7 +777,9 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     kernel = attn_bwd_dkdv_split_kernel if split else attn_bwd_dkdv_ws_kernel
     key_rows = block_n if split else block_n // 2
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal)
+    # Causal with a sliding window's left bound too (its extra mask).
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+                      HAS_LEFT=causal)
     if not split:
         constexprs.update(ATOMIC_DQ=atomic_dq, DQ_PERMUTED=atomic_dq and ws_dq_permuted(head_dim))
     # The first computing warpgroup adds each query tile's dQ, all columns.

@@ -133,8 +133,8 @@ WS_SHAPES = [
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_warp_specialized_forward(causal, dtype, monkeypatch):
     """The Gluon forward on sm_90: taken for dense calls (counted), within 2x PyTorch's own output error, LSE
-    within 1e-4 of float64's, rows that see no key 0 with LSE +inf, bitwise equal on a second run; and feature
-    calls keep the Triton forward."""
+    within 1e-4 of float64's, rows that see no key 0 with LSE +inf, bitwise equal on a second run; and calls with
+    softcap or dropout keep the Triton forward (windows: ``test_warp_specialized_windows``)."""
     from fa2dist.ops import attention
 
     if torch.cuda.get_device_capability() != (9, 0):
@@ -162,7 +162,7 @@ def test_warp_specialized_forward(causal, dtype, monkeypatch):
         assert torch.equal(out, again) and torch.equal(lse, lse2)
     q, k, v = make_qkv(1, 4, 4, 256, 256, 128, dtype, "cuda", "bshd", 0)
     n_calls = len(calls)
-    for kwargs in (dict(window_size=(32, 0)), dict(softcap=20.0), dict(dropout_p=0.1)):
+    for kwargs in (dict(softcap=20.0), dict(dropout_p=0.1)):
         fa2dist.flash_attention(q, k, v, causal=causal, **kwargs)
     # A head dim without Gluon tiles.
     fa2dist.flash_attention(*make_qkv(1, 4, 4, 256, 256, 96, dtype, "cuda", "bshd", 0), causal=causal)
@@ -342,7 +342,7 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
     _run((1, 4, 4, 300, 300, 96), causal, dtype, "bshd", True)
     q, k, v = make_qkv(1, 4, 4, 300, 300, 128, dtype, "cuda", "bshd", seed=3)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    fa2dist.flash_attention(q, k, v, causal=causal, window_size=(64, 0 if causal else 64)).sum().backward()
+    fa2dist.flash_attention(q, k, v, causal=causal, softcap=20.0).sum().backward()
     assert len(calls) == n_calls
     q, k, v = make_qkv(2, 8, 2, 1500, 1500, 128, dtype, "cuda", "bshd", seed=5)
     do = torch.randn_like(q)
@@ -353,6 +353,69 @@ def test_warp_specialized_backward(causal, dtype, monkeypatch):
         if first is None:
             first = grads
         for a, b in zip(first, grads):
+            assert torch.equal(a, b)
+
+
+# Sliding windows through the Gluon kernels: (shape, window_size). The tiles and grid follow the window's width where
+# both sides are bounded (``attention._key_span``), so these reach the short- and long-sequence tiles of every head dim:
+# rows that see no key (N_Q > N_K), windows narrower than a tile, left- or right-only windows, GQA, the fused dQ.
+WS_WINDOW_CASES = [
+    ((2, 8, 2, 1000, 1100, 128), (256, 0)),
+    ((2, 8, 2, 1000, 1100, 128), (5, 3)),
+    ((2, 8, 2, 1000, 1100, 128), (300, -1)),
+    ((2, 8, 2, 1000, 1100, 128), (-1, 200)),
+    ((2, 8, 2, 1000, 1100, 128), (1, 0)),
+    ((1, 4, 4, 777, 513, 64), (100, 0)),
+    ((1, 4, 4, 777, 513, 64), (40, 7)),
+    ((2, 4, 2, 3000, 3000, 64), (1500, 0)),
+    ((2, 4, 2, 3000, 3000, 64), (2500, 0)),
+    ((2, 4, 2, 3000, 3000, 64), (700, -1)),
+    ((1, 4, 2, 5000, 5000, 128), (3000, 0)),
+    ((1, 4, 2, 5000, 5000, 128), (3500, 0)),
+    ((1, 4, 2, 5000, 5000, 128), (2000, 100)),
+    ((1, 4, 2, 5000, 4800, 128), (1000, -1)),
+    ((1, 4, 2, 1000, 1200, 256), (200, 0)),
+    ((1, 4, 2, 1000, 1200, 256), (300, -1)),
+]
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "seqpar"])
+@pytest.mark.parametrize("shape,window", WS_WINDOW_CASES,
+                         ids=lambda c: "b{}h{}-{}q{}k{}d{}".format(*c) if len(c) == 6 else "w{}_{}".format(*c))
+def test_warp_specialized_windows(shape, window, deterministic, monkeypatch):
+    """Sliding windows on sm_90 run the Gluon forward and dK/dV kernels (counted) and, in the deterministic mode,
+    the Gluon dQ kernel where its head dim has one: output within 2x PyTorch's own error against float64, gradients
+    within 3x, LSE +inf exactly where a row sees no key; the deterministic mode bitwise equal on a second run."""
+    from fa2dist.ops import attention
+    from fa2dist.ops.kernels.hopper import ws_dq_tiles, ws_fused_dq
+    from tests.feature_cases import check_dense
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised kernels run on sm_90")
+    calls = {"fwd": 0, "dkdv": 0, "dq": 0}
+
+    def counted(name, fn):
+        return lambda *a: calls.__setitem__(name, calls[name] + 1) or fn(*a)
+
+    monkeypatch.setattr(attention, "_attn_fwd_ws", counted("fwd", attention._attn_fwd_ws))
+    monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", counted("dkdv", attention._attn_bwd_dkdv_ws))
+    monkeypatch.setattr(attention, "_attn_bwd_dq_ws", counted("dq", attention._attn_bwd_dq_ws))
+    features = dict(window_size=window)
+    check_dense(f"window {window}", features, shape, torch.bfloat16, "cuda", deterministic)
+    feats = attention.Features(shape[-1] ** -0.5, *window)
+    fused = not deterministic and ws_fused_dq(shape[-1], window[1] >= 0, attention._key_span(feats, shape[4]))
+    ws_dq = not fused and ws_dq_tiles(shape[-1]) is not None
+    assert calls == {"fwd": 1, "dkdv": 1, "dq": int(ws_dq)}, calls
+    if deterministic:
+        batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+        q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, torch.float16, "cuda", "bshd", 7)
+        do = torch.randn_like(q)
+        runs = []
+        for _ in range(2):
+            leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+            out = fa2dist.flash_attention(*leaves, window_size=window, deterministic=True)
+            runs.append((out, *torch.autograd.grad(out, leaves, do)))
+        for a, b in zip(*runs):
             assert torch.equal(a, b)
 
 

@@ -383,18 +383,37 @@ def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Feat
     """Whether this forward runs the warp-specialised Hopper kernel: a head dim and length it has tiles for
     (``hopper.WS_TILES``) and :func:`_dense_on_sm90`. The caller has checked that the tensors suit tensor
     descriptors."""
-    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, seqlen_k, feats.window_right == 0) is not None
+    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, _key_span(feats, seqlen_k), _banded(feats)) is not None
 
 
 def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
-    """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, dense attention (causal or not; no window,
-    softcap, ALiBi, dropout or variable length) with a positive scale."""
+    """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, dense attention (causal or not, any sliding
+    window; no softcap, ALiBi, dropout or variable length) with a positive scale."""
     return (
         attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET
         and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0 and not feats.varlen
-        and feats.window_left < 0 and feats.window_right in (-1, 0) and feats.softcap == 0 and not feats.alibi
-        and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
+        and feats.softcap == 0 and not feats.alibi and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )
+
+
+def _banded(feats: Features) -> bool:
+    """Whether the Hopper kernels run this call as causal (their CAUSAL): keys bounded on the right, at
+    ``window_right`` past each row's diagonal (0: causal attention)."""
+    return feats.window_right >= 0
+
+
+def _window_args(feats: Features) -> dict:
+    """The Hopper kernels' window arguments: the right bound (with CAUSAL, ``_banded``) and the left one."""
+    return dict(LEFT=max(feats.window_left, 0), RIGHT=max(feats.window_right, 0), HAS_LEFT=feats.window_left >= 0)
+
+
+def _key_span(feats: Features, seqlen_k: int) -> int:
+    """The most keys one query row sees: the window's width where both sides are bounded, else seqlen_k. The Hopper
+    forward's tiles and grid follow it (``hopper.ws_tiles`` and the tables beside it): a 256-key window over 16k keys
+    runs like attention over 256 keys."""
+    if feats.window_left >= 0 and feats.window_right >= 0:
+        return max(min(seqlen_k, feats.window_left + feats.window_right + 1), 1)
+    return seqlen_k
 
 
 @functools.cache
@@ -405,23 +424,24 @@ def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
 
 def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
     """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
-    causal = feats.window_right == 0
-    block_m, block_n, stages, ctas = ws_tiles(head_dim, seqlen_k, causal)
+    causal = _banded(feats)
+    span = _key_span(feats, seqlen_k)
+    block_m, block_n, stages, ctas = ws_tiles(head_dim, span, causal)
     # Each compute warpgroup loads its own 64 rows of Q and stores its 64 rows of O.
     descs = _ws_descriptors(layout, head_dim, (q, 64), (k, block_n), (v, block_n), (out, 64))
     n_tiles = _cdiv(seqlen_q, block_m)
     # A persistent grid: as many programs as fit on the GPU at once, each taking every so-many-th tile, or (dynamic)
     # drawing its next tile from a counter as it comes free.
-    dynamic = ws_dynamic(head_dim, causal, seqlen_k)
-    persistent = dynamic or ws_persistent(head_dim, causal, seqlen_k)
+    dynamic = ws_dynamic(head_dim, causal, span)
+    persistent = dynamic or ws_persistent(head_dim, causal, span)
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
     counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
-        seqlen_q, seqlen_k, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
-        INTERLEAVE=ws_interleave(head_dim, seqlen_k), PERSISTENT=persistent, DYNAMIC=dynamic,
-        O_BUF=ws_output_buffer(head_dim, seqlen_k), K_FREE=ws_k_free(stages), ROW_SHARES=ws_row_shares(head_dim),
-        num_warps=4, **ws_launch_options(block_m, ctas),
+        seqlen_q, seqlen_k, **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
+        STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent,
+        DYNAMIC=dynamic, O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages),
+        ROW_SHARES=ws_row_shares(head_dim), num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
 
@@ -451,14 +471,14 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv, and with an fp32
     ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it; with ``dq_permuted`` its rows go in
     permuted within groups of 8, and ``dq_acc`` has seqlen_q rounded up to a multiple of 8 rows."""
-    block_m, block_n, stages = ws_bwd_tiles(head_dim, feats.window_right == 0)
+    block_m, block_n, stages = ws_bwd_tiles(head_dim, _banded(feats))
     if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
         attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
             *_ws_descriptors(layout, head_dim, (q, block_m), (k, block_n), (v, block_n), (do, block_m),
                              (dk, block_n), (dv, block_n)),
             lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-            BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-            num_warps=4,
+            **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
+            CAUSAL=_banded(feats), num_warps=4,
         )
         return
     # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
@@ -470,8 +490,8 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
         descs += _ws_descriptors("bhsd", head_dim, (dq_acc, block_m))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
+        **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
+        CAUSAL=_banded(feats), ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
     )
 
 
@@ -484,8 +504,8 @@ def _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, g
     attn_bwd_dq_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
         *_ws_descriptors(layout, head_dim, (q, rows), (k, block_n), (v, block_n), (do, rows), (dq, rows)),
         lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=feats.window_right == 0,
-        num_warps=4,
+        **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
+        CAUSAL=_banded(feats), num_warps=4,
     )
 
 
@@ -557,12 +577,12 @@ def attn_bwd(
     )
     tma = config.tma and _tma_ready(layout, q, k, v, do)
     ws = (
-        tma and config.warp_specialize and ws_bwd_tiles(head_dim, feats.window_right == 0) is not None
+        tma and config.warp_specialize and ws_bwd_tiles(head_dim, _banded(feats)) is not None
         and _dense_on_sm90(q, feats) and _tma_ready(layout, dk, dv)
     )
     if ws:
         # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
-        fused = not deterministic and ws_fused_dq(head_dim, feats.window_right == 0, seqlen_k)
+        fused = not deterministic and ws_fused_dq(head_dim, _banded(feats), _key_span(feats, seqlen_k))
         permuted = fused and ws_dq_permuted(head_dim)
         rows = _cdiv(seqlen_q, 8) * 8 if permuted else seqlen_q
         dq_acc = q.new_zeros((batch, nheads, rows, head_dim), dtype=torch.float32) if fused else None

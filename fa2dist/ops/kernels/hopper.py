@@ -13,11 +13,14 @@ roles themselves (as FlashAttention-3 does):
   Causal: each warpgroup stops at the last key tile its own rows see (the program loads those of its last rows).
   The backward kernels are described above each one.
 
-Dense attention only (causal or not, bottom-right aligned as the portable kernels), fp16/bf16, a positive softmax
-scale, the head dims and lengths of the tables below, 4-D tensor descriptors over (batch, heads, seqlen, head dim):
-rows past a sequence load as zeros and are clipped on store. Everything else (windows, softcap, ALiBi, dropout,
-variable length, other head dims, other GPUs) runs the portable kernels in ``forward.py`` and ``backward.py``. Gluon
-has no interpreter: these kernels run on an sm_90 GPU only, and CPU tests cross-compile them.
+Dense attention (causal or not, bottom-right aligned as the portable kernels) and sliding windows: a right bound is
+the causal diagonal moved RIGHT keys on (CAUSAL), a left bound (HAS_LEFT) drops keys more than LEFT before it; only
+the key tiles (backward: query tiles) within a tile's band load, and the tiles that cross either edge are masked.
+fp16/bf16, a positive softmax scale, the head dims and lengths of the tables below (a window bounded on both sides
+takes the tiles of its width), 4-D tensor descriptors over (batch, heads, seqlen, head dim): rows past a sequence
+load as zeros and are clipped on store. Everything else (softcap, ALiBi, dropout, variable length, other head dims,
+other GPUs) runs the portable kernels in ``forward.py`` and ``backward.py``. Gluon has no interpreter: these kernels
+run on an sm_90 GPU only, and CPU tests cross-compile them.
 """
 
 from triton._C.libtriton import ir
@@ -237,9 +240,9 @@ def _tile_coords(t, n_t, n_h, n_z, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexp
 
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
-                    first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, BLOCK_M: gl.constexpr,
+                    first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr,
-                    PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr):
+                    PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr, HAS_LEFT: gl.constexpr):
     """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
     ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile.
     DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER``
@@ -253,8 +256,8 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
             _put_tile_id(ids, j, tile)
             start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES,
-                            CAUSAL, PERSISTENT)
+                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M,
+                            BLOCK_N, STAGES, CAUSAL, PERSISTENT, HAS_LEFT)
             tile = _next_tile(COUNTER, step, total)
             j += 1
         # No tile left: the warpgroups read a tile past the last one (once their buffers are free) and stop.
@@ -268,25 +271,28 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
         for j in range(n_mine):
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES,
-                            CAUSAL, PERSISTENT)
+                            free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M,
+                            BLOCK_N, STAGES, CAUSAL, PERSISTENT, HAS_LEFT)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
-                   off_z, off_h, 0, 0, GROUP, N_Q, N_K, BLOCK_M, BLOCK_N, STAGES, CAUSAL, PERSISTENT)
+                   off_z, off_h, 0, 0, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, PERSISTENT,
+                   HAS_LEFT)
 
 
 @gluon.jit
 def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
-               off_z, off_h, j, kv, GROUP, N_Q, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-               STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr):
+               off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr, HAS_LEFT: gl.constexpr):
     """Query tile ``start_m`` of head ``off_h`` (the program's ``j``-th): its Q and, from ring position ``kv`` on, its
-    K and V tiles. Persistent, its first keys load before its Q, which waits until each warpgroup's output of the tile
-    before has left its Q buffer (``q_free``). Returns the ring position after the tile's keys."""
+    K and V tiles (those its rows see: from the first of its first row's window, HAS_LEFT). Persistent, its first
+    keys load before its Q, which waits until each warpgroup's output of the tile before has left its Q buffer
+    (``q_free``). Returns the ring position after the tile's keys."""
     K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
-    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
+    lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
+    n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
     if not PERSISTENT:
         _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
     for i in range(kv, kv + n_tiles):
@@ -296,7 +302,7 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
         s = i % STAGES
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
         phase = ((i // STAGES) & 1) ^ 1
-        start_n = (i - kv) * BLOCK_N
+        start_n = (i - kv + lo) * BLOCK_N
         if K_FREE:  # K's buffer comes free on its own, once the q.k products have read it
             mbarrier.wait(free_bars.index(STAGES + s), phase)
         else:
@@ -362,6 +368,36 @@ def _key_tiles(rows_end, diag, N_K, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr)
 
 
 @gluon.jit
+def _first_key_tile(rows_start, diag_left, BLOCK_N: gl.constexpr, HAS_LEFT: gl.constexpr):
+    """The first BLOCK_N-key tile that query rows from ``rows_start`` on see: with a left window bound (key j >= row
+    i + ``diag_left``, diag_left = N_K - N_Q - left) the one holding the first row's first key, else 0."""
+    if HAS_LEFT:
+        return gl.maximum(rows_start + diag_left, 0) // BLOCK_N
+    else:
+        return 0
+
+
+@gluon.jit
+def _left_masked_tiles(rows_end, diag_left, BLOCK_N: gl.constexpr, HAS_LEFT: gl.constexpr):
+    """How many BLOCK_N-key tiles from the first hold a key before the left window bound of some query row before
+    ``rows_end`` (0 without a left bound): those need the mask."""
+    if HAS_LEFT:
+        return gl.cdiv(gl.maximum(rows_end - 1 + diag_left, 0), BLOCK_N)
+    else:
+        return 0
+
+
+@gluon.jit
+def _tile_masked(i, first_masked, left_masked, HAS_LEFT: gl.constexpr):
+    """Whether key tile ``i`` needs the mask: from ``first_masked`` on (the diagonal or the keys' end), and with a
+    left window bound before ``left_masked``."""
+    if HAS_LEFT:
+        return (i >= first_masked) | (i < left_masked)
+    else:
+        return i >= first_masked
+
+
+@gluon.jit
 def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr):
     """A causal warpgroup's key tiles ``start`` to ``stop``, wholly past its rows: free their buffers once they have
     landed (arriving before would count towards the buffer's previous use)."""
@@ -376,14 +412,17 @@ def _release_tiles(k_bars, v_bars, free_bars, start, stop, STAGES: gl.constexpr)
 
 @gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, rows, cols, start_n, N_K, diag, masked, CAUSAL: gl.constexpr,
-             ROW_SHARES: gl.constexpr = False):
+             ROW_SHARES: gl.constexpr = False, diag_left=0, HAS_LEFT: gl.constexpr = False):
     """One tile's online-softmax step on raw q.k scores (row max ``m_i`` in scaled log2 units, ``qk_scale`` > 0):
     (P, new row max, new row sum, rescale of the old output). P = exp2(s * scale - m), one FMA per score.
-    ROW_SHARES: ``l_i`` holds each thread's share of the row sums, [rows, 4] (``_row_shares``)."""
+    ROW_SHARES: ``l_i`` holds each thread's share of the row sums, [rows, 4] (``_row_shares``). Masked: keys past
+    N_K, past ``diag`` from the row (CAUSAL) and before ``diag_left`` from it (HAS_LEFT) are dropped."""
     if masked:
         keep = cols[None, :] + start_n < N_K
         if CAUSAL:
             keep = keep & (cols[None, :] + start_n <= rows[:, None] + diag)
+        if HAS_LEFT:
+            keep = keep & (cols[None, :] + start_n >= rows[:, None] + diag_left)
         s = gl.where(keep, s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         # A row with no visible key so far keeps m = -inf; subtracting 0 instead keeps p = 0, not NaN.
@@ -410,11 +449,11 @@ def _row_shares(x):
 
 @gluon.jit
 def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
-                       first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, qk_scale, stride_lz, stride_lh,
+                       first, step, n_mine, n_t, n_h, n_z, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
                        ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
-                       ROW_SHARES: gl.constexpr):
+                       ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
     if DYNAMIC:
         total = n_t * n_h * n_z
@@ -425,9 +464,9 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
         while tile < total:
             start_m, off_z, off_h = _tile_coords(tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
-                              start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
-                              ROW_SHARES)
+                              start_m, off_z, off_h, j, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh,
+                              BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                              ROW_SHARES, HAS_LEFT)
             j += 1
             mbarrier.wait(q_bars.index(WG), j & 1)
             tile = _get_tile_id(ids, j)
@@ -436,23 +475,24 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
         for j in range(n_mine):
             start_m, off_z, off_h = _tile_coords(first + j * step, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
             kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
-                              start_m, off_z, off_h, j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M,
-                              BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
-                              ROW_SHARES)
+                              start_m, off_z, off_h, j, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh,
+                              BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                              ROW_SHARES, HAS_LEFT)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
-                     off_h, 0, 0, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES,
-                     CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)
+                     off_h, 0, 0, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM,
+                     STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES, HAS_LEFT)
     if O_BUF:
         tma.store_wait(0)  # the last output has left the buffer
 
 
 @gluon.jit
 def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z, off_h,
-                 j, kv, N_Q, N_K, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                 HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr,
-                 WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr, ROW_SHARES: gl.constexpr):
+                 j, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                 PERSISTENT: gl.constexpr, WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
+                 ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys."""
@@ -468,17 +508,33 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     dtype: gl.constexpr = q_smem.dtype
 
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    diag = N_K - N_Q
+    diag = N_K - N_Q + RIGHT  # causal (a right window bound): key j <= row i + diag
+    diag_left = N_K - N_Q - LEFT  # HAS_LEFT: key j >= row i + diag_left
     s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
     q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
     m0 = start_m * BLOCK_M
-    n_tiles = _key_tiles(m0 + BLOCK_M, diag, N_K, BLOCK_N, CAUSAL)
     m_wg = m0 + WG * WG_M
     rows = m_wg + gl.arange(0, WG_M, layout=row_s)
-    # The program loads the keys its last rows see; causal, with tiles narrower than the program, the last of them
-    # may lie wholly past this warpgroup's rows (skipped below). From tile first_masked on, a tile crosses the
-    # diagonal (or the end of the keys) for some row of this warpgroup.
+    # The program loads the keys its rows see, tiles lo to hi; causal, with tiles narrower than the program, the last
+    # of them may lie wholly past this warpgroup's rows, and with a left bound the first of them wholly before (both
+    # skipped below). Tile i sits at ring position base + i. From tile first_masked on, a tile crosses the diagonal
+    # (or the end of the keys) for some row of this warpgroup; before tile left_masked, its left bound.
     n_own = _key_tiles(m_wg + WG_M, diag, N_K, BLOCK_N, CAUSAL)
+    if HAS_LEFT:
+        lo = _first_key_tile(m0, diag_left, BLOCK_N, HAS_LEFT)
+        hi = _key_tiles(m0 + BLOCK_M, diag, N_K, BLOCK_N, CAUSAL)
+        n_tiles = gl.maximum(hi - lo, 0)
+        base = kv - lo
+        own_lo = gl.minimum(_first_key_tile(m_wg, diag_left, BLOCK_N, HAS_LEFT), hi)
+        own_hi = gl.maximum(gl.minimum(n_own, hi), own_lo)
+        left_masked = _left_masked_tiles(m_wg + WG_M, diag_left, BLOCK_N, HAS_LEFT)
+        _release_tiles(k_bars, v_bars, free_bars, kv, base + own_lo, STAGES)
+    else:
+        n_tiles = _key_tiles(m0 + BLOCK_M, diag, N_K, BLOCK_N, CAUSAL)
+        base = kv
+        own_lo = 0
+        own_hi = n_own
+        left_masked = 0
     if CAUSAL:
         first_masked = gl.minimum(gl.maximum(m_wg + diag + 1, 0) // BLOCK_N, N_K // BLOCK_N)
     else:
@@ -492,18 +548,20 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
 
     # Wait for Q even when no key is visible: its buffer stages the output below.
     mbarrier.wait(q_bars.index(WG), j & 1)
-    if n_own > 0:
-        mbarrier.wait(k_bars.index(kv % STAGES), (kv // STAGES) & 1)
-        s = warpgroup_mma(q, k_smem.index(kv % STAGES).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
+    if own_hi > own_lo:
+        g = base + own_lo
+        mbarrier.wait(k_bars.index(g % STAGES), (g // STAGES) & 1)
+        s = warpgroup_mma(q, k_smem.index(g % STAGES).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), s_init,
                           use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         if K_FREE:
-            mbarrier.arrive(free_bars.index(STAGES + kv % STAGES))
-        p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, 0, N_K, diag, first_masked == 0, CAUSAL,
-                                      ROW_SHARES)
+            mbarrier.arrive(free_bars.index(STAGES + g % STAGES))
+        p, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, own_lo * BLOCK_N, N_K, diag,
+                                      _tile_masked(own_lo, first_masked, left_masked, HAS_LEFT), CAUSAL, ROW_SHARES,
+                                      diag_left, HAS_LEFT)
         p = p.to(dtype)
-        for i in range(1, n_own):
-            g = kv + i
+        for i in range(own_lo + 1, own_hi):
+            g = base + i
             st = g % STAGES
             prev = (g - 1) % STAGES
             if OVERLAP_PV:
@@ -530,7 +588,8 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             if K_FREE:
                 mbarrier.arrive(free_bars.index(STAGES + st))
             p_f32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale, rows, cols, i * BLOCK_N, N_K, diag,
-                                              i >= first_masked, CAUSAL, ROW_SHARES)
+                                              _tile_masked(i, first_masked, left_masked, HAS_LEFT), CAUSAL,
+                                              ROW_SHARES, diag_left, HAS_LEFT)
             if OVERLAP_PV:
                 # P V of tile i-1 has read the last P: this tile's P takes its registers.
                 acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -539,7 +598,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
             p = p_f32.to(dtype)
         if O_BUF:
             mbarrier.arrive(q_free.index(WG))  # Q has been read for the last time: the next tile's may load
-        last = kv + n_own - 1
+        last = base + own_hi - 1
         mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p, p_layout),
                             v_smem.index(last % STAGES).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
@@ -548,7 +607,7 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     elif O_BUF:
         mbarrier.arrive(q_free.index(WG))
     if CAUSAL:
-        _release_tiles(k_bars, v_bars, free_bars, kv + n_own, kv + n_tiles, STAGES)
+        _release_tiles(k_bars, v_bars, free_bars, base + own_hi, kv + n_tiles, STAGES)
 
     if ROW_SHARES:
         l_i = gl.convert_layout(gl.sum(l_i, 1), row_s)
@@ -577,12 +636,12 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
 
 @gluon.jit
 def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS,
-                       BATCH, N_Q, N_K,
+                       BATCH, N_Q, N_K, LEFT, RIGHT,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
                        PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
                        K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True,
-                       ROW_SHARES: gl.constexpr = False):
+                       ROW_SHARES: gl.constexpr = False, HAS_LEFT: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -595,7 +654,10 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     warpgroup's Q buffer. K_FREE: each K buffer comes free once the q.k products have read it, apart from its V
     buffer (``ws_k_free``). OVERLAP_PV: each step's P V product runs while the next tile's softmax does; without it
     (two programs per SM), one product is in flight at a time (``ws_launch_options``). ROW_SHARES: each thread sums
-    its own share of the row sums, added up across the quad once, after the last key tile (``ws_row_shares``)."""
+    its own share of the row sums, added up across the quad once, after the last key tile (``ws_row_shares``).
+    Sliding windows: CAUSAL bounds each row's keys on the right at RIGHT past its diagonal (0: causal), HAS_LEFT on the
+    left at LEFT before it (key j visible to row i iff i + N_K - N_Q - LEFT <= j <= i + N_K - N_Q + RIGHT); only the
+    key tiles in a tile's band load."""
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -639,17 +701,19 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
-                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC)),
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
+                                   RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC, HAS_LEFT)),
             ],
             [4, 1],
             [REGS, 24],
@@ -658,21 +722,24 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
-                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC)),
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
+                                   RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC, HAS_LEFT)),
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
@@ -681,25 +748,29 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
         gl.warp_specialize(
             [
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, qk_scale,
-                                      stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, INTERLEAVE,
-                                      PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES)),
+                                      free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
+                                      qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
+                                      INTERLEAVE, PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
+                                      ROW_SHARES, HAS_LEFT)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
-                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, BLOCK_M,
-                                   BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC)),
+                                   free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
+                                   RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
+                                   DYNAMIC, HAS_LEFT)),
             ],
             [4, 4, 4, 1],
             [REGS, REGS, REGS, 24],
@@ -771,18 +842,25 @@ def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
 
 
 @gluon.jit
-def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, N_Q, N_K, CAUSAL: gl.constexpr):
+def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, N_Q, N_K, LEFT, RIGHT, CAUSAL: gl.constexpr,
+                 HAS_LEFT: gl.constexpr):
     """A dK/dV program's keys and query range: (n0, off_z, off_hk, m_lo, n_m_tiles). Grid: (cdiv(N_K, BLOCK_N),
     key/value heads, batch)."""
     n0 = gl.program_id(0) * BLOCK_N
     off_hk = gl.program_id(1)
     off_z = gl.program_id(2)
     if CAUSAL:
-        # Query row i sees key j iff j <= i + N_K - N_Q: rows before this program's first key minus diag see none.
-        m_lo = (gl.maximum(n0 - (N_K - N_Q), 0) // BLOCK_M) * BLOCK_M
+        # Query row i sees key j iff j <= i + N_K - N_Q + RIGHT: rows before this program's first key minus that
+        # diagonal see none.
+        m_lo = (gl.maximum(n0 - (N_K - N_Q + RIGHT), 0) // BLOCK_M) * BLOCK_M
     else:
         m_lo = 0
-    return n0, off_z, off_hk, m_lo, gl.cdiv(gl.maximum(N_Q - m_lo, 0), BLOCK_M)
+    if HAS_LEFT:
+        # ... and iff j >= i + N_K - N_Q - LEFT: rows past the program's last key minus that diagonal see none.
+        m_hi = gl.minimum(n0 + BLOCK_N - (N_K - N_Q - LEFT), N_Q)
+    else:
+        m_hi = N_Q
+    return n0, off_z, off_hk, m_lo, gl.cdiv(gl.maximum(m_hi - m_lo, 0), BLOCK_M)
 
 
 @gluon.jit
@@ -844,9 +922,10 @@ def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem,
 @gluon.jit
 def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, dq_smem, ds_smem,
                            ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles,
-                           GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr,
-                           WG_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                           ATOMIC_DQ: gl.constexpr, DQ_PERMUTED: gl.constexpr, WG: gl.constexpr):
+                           GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale, sm_scale, stride_lz, stride_lh,
+                           BLOCK_M: gl.constexpr, WG_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                           CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_PERMUTED: gl.constexpr, WG: gl.constexpr,
+                           HAS_LEFT: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
     of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
     both warpgroups put their dS in shared memory (``ds_bars``: both written), the first (WG 0) multiplies it by K
@@ -863,7 +942,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
 
     keys = n0 + WG * WG_N + gl.arange(0, WG_N, layout=gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
-    diag = N_K - N_Q
+    diag = N_K - N_Q + RIGHT
+    diag_left = N_K - N_Q - LEFT
     dk = gl.zeros([WG_N, HEAD_DIM], gl.float32, layout=o_layout)
     dv = gl.zeros([WG_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([WG_N, BLOCK_M], gl.float32, layout=s_layout)
@@ -919,6 +999,9 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         if CAUSAL:
             if start_m + diag < n0 + 2 * WG_N - 1:  # some key of this program lies past some row's diagonal
                 p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
+        if HAS_LEFT:
+            if start_m + BLOCK_M - 1 + diag_left > n0:  # some key of this program lies before some row's window
+                p_t = gl.where(keys[:, None] >= rows[None, :] + diag_left, p_t, 0.0)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do, dv, is_async=True)
         dp_t = warpgroup_mma_wait(1, deps=(dp_t,))
         if ATOMIC_DQ and not CAUSAL:
@@ -981,10 +1064,10 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
 
 @gluon.jit
 def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, LSE, DELTA, sm_scale,
-                            stride_lz, stride_lh, GROUP, N_Q, N_K,
+                            stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT,
                             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr,
-                            DQ_PERMUTED: gl.constexpr = False):
+                            DQ_PERMUTED: gl.constexpr = False, HAS_LEFT: gl.constexpr = False):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
     BLOCK_M rows and HEAD_DIM columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
@@ -992,9 +1075,10 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     needs seqlen_q rounded up to a multiple of 8 rows.
     Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``,
     ``v_desc``, ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO),
-    laid out like LSE."""
+    laid out like LSE. Sliding windows: CAUSAL and HAS_LEFT bound each row's keys at RIGHT past its diagonal and LEFT
+    before it (``attn_fwd_ws_kernel``); a program visits only the query tiles that see its keys."""
     WG_N: gl.constexpr = BLOCK_N // 2
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -1026,14 +1110,14 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
         [
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
-                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, DQ_PERMUTED,
-                                      0)),
+                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
+                                      sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL,
+                                      ATOMIC_DQ, DQ_PERMUTED, 0, HAS_LEFT)),
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
-                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                      stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL, ATOMIC_DQ, DQ_PERMUTED,
-                                      1)),
+                                      off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
+                                      sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL,
+                                      ATOMIC_DQ, DQ_PERMUTED, 1, HAS_LEFT)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
                                    do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
         ],
@@ -1051,9 +1135,9 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
 
 @gluon.jit
 def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
-                       p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, qk_scale, stride_lz,
-                       stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                       p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
+                       stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr):
     """S^T = K Q^T, P^T (to shared memory for the dS warpgroup), dV += P^T dO; then stores dV."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -1063,7 +1147,8 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
     dtype: gl.constexpr = q_smem.dtype
     keys = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
-    diag = N_K - N_Q
+    diag = N_K - N_Q + RIGHT
+    diag_left = N_K - N_Q - LEFT
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
     k = k_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
@@ -1088,6 +1173,9 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
         if CAUSAL:
             if start_m + diag < n0 + BLOCK_N - 1:  # some key of this program lies past some row's diagonal
                 p_t = gl.where(keys[:, None] <= rows[None, :] + diag, p_t, 0.0)
+        if HAS_LEFT:
+            if start_m + BLOCK_M - 1 + diag_left > n0:  # some key of this program lies before some row's window
+                p_t = gl.where(keys[:, None] >= rows[None, :] + diag_left, p_t, 0.0)
         p_t = p_t.to(dtype)
         mbarrier.wait(pfree_bars.index(par), use ^ 1)  # the dS warpgroup has read this buffer two steps ago
         p_smem.index(par).store(p_t)
@@ -1158,13 +1246,14 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
 
 @gluon.jit
 def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
-                               stride_lz, stride_lh, GROUP, N_Q, N_K,
+                               stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT,
                                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                               STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr = False):
     """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
     head). Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the
-    others BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE."""
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, CAUSAL)
+    others BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE. Sliding windows as
+    ``attn_bwd_dkdv_ws_kernel``."""
+    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -1187,7 +1276,8 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
         [
             (_split_p_partition, (dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
                                   free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
-                                  sm_scale * LOG2E, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL)),
+                                  LEFT, RIGHT, sm_scale * LOG2E, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM,
+                                  STAGES, CAUSAL, HAS_LEFT)),
             (_split_ds_partition, (dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
                                    free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q,
                                    sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
@@ -1204,7 +1294,10 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
 
 @gluon.jit
 def _dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
-                       free_bars, off_z, off_h, off_hk, m0, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+                       free_bars, off_z, off_h, off_hk, m0, lo, n_tiles, BLOCK_N: gl.constexpr,
+                       STAGES: gl.constexpr):
+    """The dQ kernel's loading warp: the program's Q and dO once, then key tiles ``lo`` to ``lo + n_tiles`` through
+    the ring."""
     WG_M: gl.constexpr = q_desc.block_type.shape[2]
     mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
     for w in gl.static_range(2):
@@ -1214,16 +1307,17 @@ def _dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, 
         s = j % STAGES
         mbarrier.wait(free_bars.index(s), ((j // STAGES) & 1) ^ 1)
         mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, j * BLOCK_N, 0], k_bars.index(s), k_smem.index(s))
+        start_n = (lo + j) * BLOCK_N
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
         mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, j * BLOCK_N, 0], v_bars.index(s), v_smem.index(s))
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
 
 
 @gluon.jit
 def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars, free_bars,
-                          off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz, stride_lh,
-                          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                          CAUSAL: gl.constexpr, WG: gl.constexpr):
+                          off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale, sm_scale, stride_lz,
+                          stride_lh, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                          CAUSAL: gl.constexpr, WG: gl.constexpr, HAS_LEFT: gl.constexpr):
     """One warpgroup's 64 query rows: dQ = scale * sum over key tiles of dS K, dS = P (dO V^T - delta)."""
     WG_M: gl.constexpr = q_smem.shape[3]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -1236,18 +1330,29 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
     lse = lse * LOG2E
-    diag = N_K - N_Q
-    # Causal: the key tiles wholly past this warpgroup's rows are skipped (below), as in the forward.
-    n_own = _key_tiles(m0 + (WG + 1) * WG_M, diag, N_K, BLOCK_N, CAUSAL)
+    diag = N_K - N_Q + RIGHT
+    diag_left = N_K - N_Q - LEFT
+    m_wg = m0 + WG * WG_M
+    # Key tile j sits at ring position j - lo. The key tiles wholly past this warpgroup's rows (causal) or wholly
+    # before them (a left window bound) are skipped, as in the forward.
+    n_own = _key_tiles(m_wg + WG_M, diag, N_K, BLOCK_N, CAUSAL)
+    if HAS_LEFT:
+        own_lo = gl.minimum(_first_key_tile(m_wg, diag_left, BLOCK_N, HAS_LEFT), lo + n_tiles)
+        own_hi = gl.maximum(gl.minimum(n_own, lo + n_tiles), own_lo)
+        left_masked = _left_masked_tiles(m_wg + WG_M, diag_left, BLOCK_N, HAS_LEFT)
+        _release_tiles(k_bars, v_bars, free_bars, 0, own_lo - lo, STAGES)
+    else:
+        own_lo = 0
+        own_hi = n_own
     dq = gl.zeros([WG_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([WG_M, BLOCK_N], gl.float32, layout=s_layout)
     q = q_smem.index(WG).reshape([WG_M, HEAD_DIM])
     do = do_smem.index(WG).reshape([WG_M, HEAD_DIM])
 
     mbarrier.wait(qdo_bar, 0)
-    for j in range(n_own):
-        st = j % STAGES
-        phase = (j // STAGES) & 1
+    for j in range(own_lo, own_hi):
+        st = (j - lo) % STAGES
+        phase = ((j - lo) // STAGES) & 1
         k = k_smem.index(st).reshape([BLOCK_N, HEAD_DIM])
         v = v_smem.index(st).reshape([BLOCK_N, HEAD_DIM])
         mbarrier.wait(k_bars.index(st), phase)
@@ -1257,15 +1362,18 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
         s = warpgroup_mma_wait(1, deps=(s,))
         p = gl.exp2(s * qk_scale - lse[:, None])
         if CAUSAL:
-            if (j + 1) * BLOCK_N - 1 > m0 + WG * WG_M + diag:  # some key of this tile lies past some row's diagonal
+            if (j + 1) * BLOCK_N - 1 > m_wg + diag:  # some key of this tile lies past some row's diagonal
                 p = gl.where(j * BLOCK_N + cols[None, :] <= rows[:, None] + diag, p, 0.0)
+        if HAS_LEFT:
+            if j < left_masked:  # some key of this tile lies before some row's window
+                p = gl.where(j * BLOCK_N + cols[None, :] >= rows[:, None] + diag_left, p, 0.0)
         dp = warpgroup_mma_wait(0, deps=(dp,))
         ds = (p * (dp - delta[:, None])).to(dtype)
         dq = warpgroup_mma(gl.convert_layout(ds, a_layout), k, dq, is_async=True)
         dq = warpgroup_mma_wait(0, deps=(dq,))
         mbarrier.arrive(free_bars.index(st))
     if CAUSAL:
-        _release_tiles(k_bars, v_bars, free_bars, n_own, n_tiles, STAGES)
+        _release_tiles(k_bars, v_bars, free_bars, own_hi - lo, n_tiles, STAGES)
 
     # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped).
     q.store((dq * sm_scale).to(dtype))
@@ -1276,16 +1384,19 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
 
 @gluon.jit
 def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, sm_scale, stride_lz, stride_lh,
-                          GROUP, N_Q, N_K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                          STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                          GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                          HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                          HAS_LEFT: gl.constexpr = False):
     """dQ of dense attention, deterministic: each program owns BLOCK_M query rows of one head (64 per computing
     warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), heads, batch). ``q_desc``, ``do_desc`` and
     ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks. Causal grids run a head's
-    longest (last) query tiles first."""
+    longest (last) query tiles first. Sliding windows as ``attn_fwd_ws_kernel``: the program's key tiles run from
+    ``lo``, its first row's first, to its last row's last."""
     start_m, off_z, off_h = _query_program(CAUSAL)
     m0 = start_m * BLOCK_M
     off_hk = off_h // GROUP
-    n_tiles = _key_tiles(m0 + BLOCK_M, N_K - N_Q, N_K, BLOCK_N, CAUSAL)
+    lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
+    n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
@@ -1305,13 +1416,15 @@ def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, 
     gl.warp_specialize(
         [
             (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
-                                     free_bars, off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                     stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0)),
+                                     free_bars, off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale,
+                                     sm_scale, stride_lz, stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0,
+                                     HAS_LEFT)),
             (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
-                                     free_bars, off_z, off_h, m0, n_tiles, N_Q, N_K, qk_scale, sm_scale, stride_lz,
-                                     stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1)),
+                                     free_bars, off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale,
+                                     sm_scale, stride_lz, stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1,
+                                     HAS_LEFT)),
             (_dq_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars,
-                                  v_bars, free_bars, off_z, off_h, off_hk, m0, n_tiles, BLOCK_N, STAGES)),
+                                  v_bars, free_bars, off_z, off_h, off_hk, m0, lo, n_tiles, BLOCK_N, STAGES)),
         ],
         [4, 1],
         [240, 24],
