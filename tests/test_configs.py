@@ -593,7 +593,8 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
         x = torch.empty(1, 2, 256, head_dim, dtype=dtype)
         types = dict(q_desc=_gluon_desc(x, 64, head_dim), k_desc=_gluon_desc(x, block_n, head_dim),
                      v_desc=_gluon_desc(x, block_n, head_dim), o_desc=_gluon_desc(x, 64, head_dim), LSE="*fp32",
-                     COUNTER="*i32", sm_scale="fp32")
+                     COUNTER="*i32", sm_scale="fp32", CU_Q="*i32", CU_K="*i32",
+                     O="*bf16" if dtype == torch.bfloat16 else "*fp16")
         # The persistent grids too, where some length of this row runs them (WS_PERSISTENT, WS_DYNAMIC).
         grids = {(False, False)}
         if any(dim == head_dim and c == causal for dim, c, _ in WS_PERSISTENT):
@@ -602,13 +603,17 @@ def test_warp_specialized_forward_fits_hopper(row, causal):
             grids.add((True, True))
         for persistent, dynamic in grids:
             # Sliding windows (a left bound) on the grid the row's shortest length runs: a window's tiles follow its
-            # width, so every row may run one.
-            windows = (False, True) if (persistent, dynamic) == max(grids) else (False,)
-            for has_left in windows:
+            # width, so every row may run one. Packed sequences (VARLEN) run one tile a program, with a window too.
+            variants = [(False, False)]
+            if (persistent, dynamic) == max(grids):
+                variants.append((True, False))
+            if not persistent and dtype == torch.bfloat16:
+                variants.append((causal, True))
+            for has_left, varlen in variants:
                 ptx = _compile_sm90(attn_fwd_ws_kernel, dict(constexprs, PERSISTENT=persistent, DYNAMIC=dynamic,
-                                                             HAS_LEFT=has_left),
+                                                             HAS_LEFT=has_left, VARLEN=varlen),
                                     types, str(options["REGS"]), programs_per_sm=ctas)
-                assert _ptxas_spill_bytes(ptx) <= (32 if dynamic and causal else 8), has_left
+                assert _ptxas_spill_bytes(ptx) <= (32 if dynamic and causal else 8), (has_left, varlen)
 
 
 @needs_compiler
@@ -623,17 +628,20 @@ def test_warp_specialized_dq_fits_hopper(row, causal):
     x = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
     rows = {"q_desc": block_m // 2, "do_desc": block_m // 2, "dq_desc": block_m // 2, "k_desc": block_n,
             "v_desc": block_n}
-    types = dict(LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+    types = dict(LSE="*fp32", DELTA="*fp32", sm_scale="fp32", CU_Q="*i32", CU_K="*i32", DQ="*bf16",
                  **{name: _gluon_desc(x, n, head_dim) for name, n in rows.items()})
-    # Causal with a sliding window's left bound too (the extra mask and the tiles skipped before the window).
+    # Causal with a sliding window's left bound too (the extra mask and the tiles skipped before the window); packed
+    # sequences.
     constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
                       HAS_LEFT=causal)
-    assert _ptxas_spill_bytes(_compile_sm90(attn_bwd_dq_ws_kernel, constexprs, types)) <= 64
+    for varlen in (False, True):
+        ptx = _compile_sm90(attn_bwd_dq_ws_kernel, dict(constexprs, VARLEN=varlen), types)
+        assert _ptxas_spill_bytes(ptx) <= 64, varlen
 
 
 def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
-    """Dense fp16/bf16 attention at d64, d128 and d256 on sm_90, causal or not, with or without a sliding window;
-    everything else runs the Triton forward."""
+    """fp16/bf16 attention at d64, d128 and d256 on sm_90, causal or not, with or without a sliding window, padded
+    or packed; everything else (softcap, ALiBi, dropout, other head dims, dtypes and GPUs) runs the Triton forward."""
     from fa2dist.ops import attention
     from fa2dist.ops.kernels.hopper import (
         ws_bwd_tiles,
@@ -710,11 +718,12 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         assert attention._key_span(feats, 8192) == span
         assert attention._banded(feats) == (right >= 0)
         assert attention._window_args(feats) == dict(LEFT=max(left, 0), RIGHT=max(right, 0), HAS_LEFT=left >= 0)
+    assert attention._warp_specialized(q, 128, 4096, attention.Features(0.125, window_right=0, varlen=True))
     for feats in (
         attention.Features(0.125, softcap=30.0),
         attention.Features(0.125, alibi=True),
         attention.Features(0.125, dropout_p=0.1),
-        attention.Features(0.125, varlen=True),
+        attention.Features(0.125, varlen=True, softcap=30.0),
         attention.Features(-0.125),
     ):
         assert not attention._warp_specialized(q, 128, 8192, feats), feats
@@ -785,9 +794,13 @@ def test_warp_specialized_backward_fits_hopper(row, atomic_dq):
     # The first computing warpgroup adds each query tile's dQ, all columns.
     dq_desc = _gluon_desc(x.float(), block_m, head_dim) if atomic_dq else _gluon_desc(x, key_rows, head_dim)
     types = dict(q_desc=_gluon_desc(x, block_m, head_dim), do_desc=_gluon_desc(x, block_m, head_dim),
-                 dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32", sm_scale="fp32",
+                 dq_desc=dq_desc, LSE="*fp32", DELTA="*fp32", sm_scale="fp32", CU_Q="*i32", CU_K="*i32", DK="*bf16",
+                 DV="*bf16",
                  **{name: _gluon_desc(x, key_rows, head_dim) for name in ("k_desc", "v_desc", "dk_desc", "dv_desc")})
-    ptx = _compile_sm90(kernel, constexprs, types)
-    # Measured with these spills (d128 causal: 168 bytes); a change that spills much more needs re-timing.
-    assert _ptxas_spill_bytes(ptx) <= 256
-    assert ("cp.reduce.async.bulk.tensor" in ptx) == atomic_dq
+    # Packed sequences take the deterministic form (their dQ comes from the dQ pass).
+    for varlen in (False, True)[:2 - atomic_dq]:
+        ptx = _compile_sm90(kernel, dict(constexprs, VARLEN=varlen), types)
+        # Measured with these spills (d128 causal: 168 bytes; packed sequences with a window, whose last keys' dK and
+        # dV go out row by row: 408); a change that spills much more needs re-timing.
+        assert _ptxas_spill_bytes(ptx) <= (512 if varlen else 256), varlen
+        assert ("cp.reduce.async.bulk.tensor" in ptx) == atomic_dq

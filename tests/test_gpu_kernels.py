@@ -419,6 +419,62 @@ def test_warp_specialized_windows(shape, window, deterministic, monkeypatch):
             assert torch.equal(a, b)
 
 
+# Packed sequences through the Gluon kernels: (head dim, features, query lengths, key lengths). Empty and one-token
+# sequences, lengths that end mid-tile and on a tile's edge, longer keys than queries and the reverse, sequences of
+# several tiles (the copy engine writes whole tiles, the last rows of each sequence are stored one by one).
+WS_VARLEN_CASES = [
+    (128, {}, [1000, 0, 1, 513, 2048, 77], [900, 5, 1, 513, 2048, 300]),
+    (128, dict(causal=True), [1000, 0, 1, 513, 2048, 77], [900, 5, 1, 513, 2048, 300]),
+    (128, dict(causal=True, window_size=(100, 0)), [3000, 128, 700], [3000, 256, 650]),
+    (64, {}, [1500, 64, 1, 999], [1500, 64, 3, 1000]),
+    (64, dict(causal=True), [1500, 64, 1, 999], [1500, 64, 3, 1000]),
+    (64, dict(window_size=(50, 20)), [4100, 700], [4100, 800]),
+    (256, dict(causal=True), [600, 1, 333], [700, 2, 333]),
+    (256, {}, [600, 1, 333], [700, 2, 333]),
+]
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "seqpar"])
+@pytest.mark.parametrize("case", range(len(WS_VARLEN_CASES)))
+def test_warp_specialized_varlen(case, deterministic, monkeypatch):
+    """Packed sequences on sm_90 run the Gluon forward and dK/dV kernels (counted) and, in both modes, the Gluon dQ
+    kernel where its head dim has one: output within 2x PyTorch's own error against float64, gradients within 3x,
+    LSE +inf exactly where a row sees no key; the deterministic mode bitwise equal on a second run."""
+    from fa2dist.ops import attention
+    from fa2dist.ops.kernels.hopper import ws_dq_tiles
+    from tests.feature_cases import check_varlen
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised kernels run on sm_90")
+    head_dim, features, lens_q, lens_k = WS_VARLEN_CASES[case]
+    calls = {"fwd": 0, "dkdv": 0, "dq": 0}
+
+    def counted(name, fn):
+        return lambda *a, **kw: calls.__setitem__(name, calls[name] + 1) or fn(*a, **kw)
+
+    monkeypatch.setattr(attention, "_attn_fwd_ws", counted("fwd", attention._attn_fwd_ws))
+    monkeypatch.setattr(attention, "_attn_bwd_dkdv_ws", counted("dkdv", attention._attn_bwd_dkdv_ws))
+    monkeypatch.setattr(attention, "_attn_bwd_dq_ws", counted("dq", attention._attn_bwd_dq_ws))
+    check_varlen(f"varlen {features}", features, lens_q, lens_k, 8, 2, head_dim, torch.bfloat16, "cuda",
+                 deterministic)
+    assert calls == {"fwd": 1, "dkdv": 1, "dq": int(ws_dq_tiles(head_dim) is not None)}, calls
+    if deterministic:
+        cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        g = torch.Generator().manual_seed(case)
+        q = torch.randn(sum(lens_q), 8, head_dim, generator=g).cuda().half()
+        k, v = (torch.randn(sum(lens_k), 2, head_dim, generator=g).cuda().half() for _ in range(2))
+        do = torch.randn_like(q)
+        runs = []
+        for _ in range(2):
+            leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+            out = fa2dist.flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), deterministic=True,
+                                                 **features)
+            runs.append((out, *torch.autograd.grad(out, leaves, do)))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
 def test_warp_specialized_forward_falls_back_when_it_does_not_compile(monkeypatch):
     """A Triton whose Gluon cannot compile the kernel runs the Triton forward, with one warning."""
     from fa2dist.ops import attention

@@ -330,9 +330,11 @@ def attn_fwd(
     fp32 = q.dtype == torch.float32 and q.device.type == "cuda"
     pointers, stride_az = _extras(cu_q, cu_k, alibi_slopes, seed)
     tma = config.tma and _tma_ready(layout, q, k, v, out)
-    if config.warp_specialize and tma and _warp_specialized(q, head_dim, seqlen_k, feats):
+    ws_ready = tma or (config.tma and layout == "thd" and _tma_ready(layout, q, k, v, out, packed=True))
+    if config.warp_specialize and ws_ready and _warp_specialized(q, head_dim, seqlen_k, feats):
         try:
-            _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim)
+            _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim,
+                         cu_q, cu_k)
             return out, lse
         except _GLUON_ERRORS as err:
             _gluon_failed("forward", err)
@@ -387,11 +389,12 @@ def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Feat
 
 
 def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
-    """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, dense attention (causal or not, any sliding
-    window; no softcap, ALiBi, dropout or variable length) with a positive scale."""
+    """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, attention without scores beyond q.k
+    (causal or not, any sliding window, padded or packed sequences; no softcap, ALiBi or dropout) with a positive
+    scale."""
     return (
         attn_fwd_ws_kernel is not None and _ws_error is None and not INTERPRET
-        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0 and not feats.varlen
+        and q.dtype in (torch.float16, torch.bfloat16) and feats.softmax_scale > 0
         and feats.softcap == 0 and not feats.alibi and feats.dropout_p == 0 and _capability(q.device) == (9, 0)
     )
 
@@ -405,6 +408,14 @@ def _banded(feats: Features) -> bool:
 def _window_args(feats: Features) -> dict:
     """The Hopper kernels' window arguments: the right bound (with CAUSAL, ``_banded``) and the left one."""
     return dict(LEFT=max(feats.window_left, 0), RIGHT=max(feats.window_right, 0), HAS_LEFT=feats.window_left >= 0)
+
+
+def _packed_args(cu_q, cu_k, out, dummy, varlen: bool, name="O", head="stride_oh", row="stride_om") -> dict:
+    """The Hopper kernels' packed-sequence arguments: the cumulative lengths, and the output a sequence's last rows
+    are stored into one by one (``name``, with its head and row strides); for padded batches, unread placeholders."""
+    if varlen:
+        return {"CU_Q": cu_q, "CU_K": cu_k, name: out, head: out.stride(1), row: out.stride(0), "VARLEN": True}
+    return {"CU_Q": dummy, "CU_K": dummy, name: out, head: 0, row: 0, "VARLEN": False}
 
 
 def _key_span(feats: Features, seqlen_k: int) -> int:
@@ -422,8 +433,10 @@ def _ws_layout(rows: int, cols: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, cols], gl_dtype)
 
 
-def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim) -> None:
-    """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``."""
+def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, cu_q=None,
+                 cu_k=None) -> None:
+    """Launch the warp-specialised forward (fa2dist/ops/kernels/hopper.py): O into ``out``, LSE into ``lse``. Packed
+    sequences (layout "thd", ``cu_q``/``cu_k``): seqlen_q and seqlen_k are the longest, one tile a program."""
     causal = _banded(feats)
     span = _key_span(feats, seqlen_k)
     block_m, block_n, stages, ctas = ws_tiles(head_dim, span, causal)
@@ -432,14 +445,15 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     n_tiles = _cdiv(seqlen_q, block_m)
     # A persistent grid: as many programs as fit on the GPU at once, each taking every so-many-th tile, or (dynamic)
     # drawing its next tile from a counter as it comes free.
-    dynamic = ws_dynamic(head_dim, causal, span)
-    persistent = dynamic or ws_persistent(head_dim, causal, span)
+    varlen = layout == "thd"
+    dynamic = not varlen and ws_dynamic(head_dim, causal, span)
+    persistent = dynamic or (not varlen and ws_persistent(head_dim, causal, span))
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
     counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
-        seqlen_q, seqlen_k, **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim,
-        STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent,
+        seqlen_q, seqlen_k, **_window_args(feats), **_packed_args(cu_q, cu_k, out, lse, varlen), BLOCK_M=block_m,
+        BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent,
         DYNAMIC=dynamic, O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages),
         ROW_SHARES=ws_row_shares(head_dim), num_warps=4, **ws_launch_options(block_m, ctas),
     )
@@ -467,17 +481,19 @@ def _ws_descriptors(layout: str, cols: int, *specs) -> list:
 
 
 def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group, seqlen_q,
-                      seqlen_k, head_dim, dq_permuted=False) -> None:
+                      seqlen_k, head_dim, dq_permuted=False, cu_q=None, cu_k=None) -> None:
     """Launch the warp-specialised dK/dV kernel (fa2dist/ops/kernels/hopper.py) into dk, dv, and with an fp32
     ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it; with ``dq_permuted`` its rows go in
-    permuted within groups of 8, and ``dq_acc`` has seqlen_q rounded up to a multiple of 8 rows."""
+    permuted within groups of 8, and ``dq_acc`` has seqlen_q rounded up to a multiple of 8 rows. Packed sequences
+    (layout "thd", ``cu_q``/``cu_k``, no ``dq_acc``): seqlen_q and seqlen_k are the longest."""
     block_m, block_n, stages = ws_bwd_tiles(head_dim, _banded(feats))
+    packed = _packed_bwd_args(cu_q, cu_k, dk, dv, lse, layout == "thd")
     if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
         attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
             *_ws_descriptors(layout, head_dim, (q, block_m), (k, block_n), (v, block_n), (do, block_m),
                              (dk, block_n), (dv, block_n)),
             lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-            **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
+            **_window_args(feats), **packed, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
             CAUSAL=_banded(feats), num_warps=4,
         )
         return
@@ -490,27 +506,38 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
         descs += _ws_descriptors("bhsd", head_dim, (dq_acc, block_m))
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-        **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
+        **_window_args(feats), **packed, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
         CAUSAL=_banded(feats), ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
     )
 
 
+def _packed_bwd_args(cu_q, cu_k, dk, dv, dummy, varlen: bool) -> dict:
+    """The dK/dV kernels' packed-sequence arguments (``_packed_args``): dK and dV share their strides."""
+    if varlen:
+        return dict(CU_Q=cu_q, CU_K=cu_k, DK=dk, DV=dv, stride_kh=dk.stride(1), stride_km=dk.stride(0), VARLEN=True)
+    return dict(CU_Q=dummy, CU_K=dummy, DK=dk, DV=dv, stride_kh=0, stride_km=0, VARLEN=False)
+
+
 def _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, group, seqlen_q, seqlen_k,
-                    head_dim) -> None:
-    """Launch the warp-specialised dQ kernel (fa2dist/ops/kernels/hopper.py) into dq."""
+                    head_dim, cu_q=None, cu_k=None) -> None:
+    """Launch the warp-specialised dQ kernel (fa2dist/ops/kernels/hopper.py) into dq (packed sequences as
+    ``_attn_bwd_dkdv_ws``)."""
     block_m, block_n, stages = ws_dq_tiles(head_dim)
     # Each of the two computing warpgroups loads its own block_m / 2 rows of Q and dO and stores their dQ.
     rows = block_m // 2
     attn_bwd_dq_ws_kernel[(_cdiv(seqlen_q, block_m), nheads, batch)](
         *_ws_descriptors(layout, head_dim, (q, rows), (k, block_n), (v, block_n), (do, rows), (dq, rows)),
         lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
-        **_window_args(feats), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
-        CAUSAL=_banded(feats), num_warps=4,
+        **_window_args(feats), **_packed_args(cu_q, cu_k, dq, lse, layout == "thd", "DQ", "stride_qh", "stride_qm"),
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=_banded(feats), num_warps=4,
     )
 
 
 def _bhsd_view(x: torch.Tensor, layout: str) -> tuple[list[int], list[int]]:
-    """Shape and strides of a dense 4-D tensor in ``layout`` seen as (batch, heads, seqlen, head dim)."""
+    """Shape and strides of a dense 4-D tensor in ``layout`` seen as (batch, heads, seqlen, head dim); packed
+    sequences ("thd": (tokens, heads, head dim)) as one batch item of all the tokens."""
+    if layout == "thd":
+        return [1, x.shape[1], x.shape[0], x.shape[2]], [x.numel(), x.stride(1), x.stride(0), 1]
     heads, seqlen = (x.shape[2], x.shape[1]) if layout == "bshd" else (x.shape[1], x.shape[2])
     return [x.shape[0], heads, seqlen, x.shape[3]], [*_bhsd_strides(x, layout), 1]
 
@@ -521,15 +548,18 @@ def _descriptors(block_d: int, *specs) -> tuple:
     return tuple(TensorDescriptor(x, *_bhsd_view(x, layout), [1, 1, rows, block_d]) for x, layout, rows in specs)
 
 
-def _tma_ready(layout: str, *tensors: torch.Tensor) -> bool:
-    """Whether tensor descriptors can address these dense fp16/bf16 tensors: 16-byte aligned base and strides."""
-    if TensorDescriptor is None or layout == "thd" or tensors[0].dtype not in (torch.float16, torch.bfloat16):
+def _tma_ready(layout: str, *tensors: torch.Tensor, packed: bool = False) -> bool:
+    """Whether tensor descriptors can address these fp16/bf16 tensors: 16-byte aligned base and strides. Packed
+    sequences (layout "thd") only where the kernel takes them (``packed``: the Hopper kernels)."""
+    if TensorDescriptor is None or tensors[0].dtype not in (torch.float16, torch.bfloat16):
         return False
-    if not (tensors[0].is_cuda or INTERPRET):
+    if not (tensors[0].is_cuda or INTERPRET) or (layout == "thd" and not packed):
         return False
     size = tensors[0].element_size()
+    first = 1 if layout == "thd" else 0  # no batch stride
     return all(
-        t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and all(s > 0 and s * size % 16 == 0 for s in _strides(t, layout))
+        t.data_ptr() % 16 == 0 and t.stride(-1) == 1
+        and all(s > 0 and s * size % 16 == 0 for s in _strides(t, layout)[first:])
         for t in tensors
     )
 
@@ -576,19 +606,22 @@ def attn_bwd(
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
     )
     tma = config.tma and _tma_ready(layout, q, k, v, do)
+    varlen = layout == "thd"
     ws = (
-        tma and config.warp_specialize and ws_bwd_tiles(head_dim, _banded(feats)) is not None
-        and _dense_on_sm90(q, feats) and _tma_ready(layout, dk, dv)
+        config.tma and config.warp_specialize and ws_bwd_tiles(head_dim, _banded(feats)) is not None
+        and _dense_on_sm90(q, feats) and _tma_ready(layout, q, k, v, do, dk, dv, packed=True)
+        and (not varlen or dk.stride() == dv.stride())
     )
     if ws:
-        # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer.
-        fused = not deterministic and ws_fused_dq(head_dim, _banded(feats), _key_span(feats, seqlen_k))
+        # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer (not for
+        # packed sequences: the copy engine's adds would reach past a sequence's end).
+        fused = not deterministic and not varlen and ws_fused_dq(head_dim, _banded(feats), _key_span(feats, seqlen_k))
         permuted = fused and ws_dq_permuted(head_dim)
         rows = _cdiv(seqlen_q, 8) * 8 if permuted else seqlen_q
         dq_acc = q.new_zeros((batch, nheads, rows, head_dim), dtype=torch.float32) if fused else None
         try:
             _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, batch, nheads_kv, group,
-                              seqlen_q, seqlen_k, head_dim, permuted)
+                              seqlen_q, seqlen_k, head_dim, permuted, cu_q, cu_k)
             if dq_acc is not None:
                 return _from_dq_acc(dq_acc, q, layout, permuted), dk, dv
             deterministic = True
@@ -648,7 +681,7 @@ def attn_bwd(
     if deterministic and ws and ws_dq_tiles(head_dim) is not None:
         try:
             _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, group, seqlen_q, seqlen_k,
-                            head_dim)
+                            head_dim, cu_q, cu_k)
             return dq, dk, dv
         except _GLUON_ERRORS as err:
             _gluon_failed("backward", err)

@@ -18,9 +18,11 @@ the causal diagonal moved RIGHT keys on (CAUSAL), a left bound (HAS_LEFT) drops 
 the key tiles (backward: query tiles) within a tile's band load, and the tiles that cross either edge are masked.
 fp16/bf16, a positive softmax scale, the head dims and lengths of the tables below (a window bounded on both sides
 takes the tiles of its width), 4-D tensor descriptors over (batch, heads, seqlen, head dim): rows past a sequence
-load as zeros and are clipped on store. Everything else (softcap, ALiBi, dropout, variable length, other head dims,
-other GPUs) runs the portable kernels in ``forward.py`` and ``backward.py``. Gluon has no interpreter: these kernels
-run on an sm_90 GPU only, and CPU tests cross-compile them.
+load as zeros and are clipped on store. Packed sequences (VARLEN) too: the descriptors see the packed tokens as one
+batch item, rows read past a sequence's end are masked, and the rows of a tile that crosses the end are stored one by
+one. Everything else (softcap, ALiBi, dropout, other head dims, other GPUs) runs the portable kernels in
+``forward.py`` and ``backward.py``. Gluon has no interpreter: these kernels run on an sm_90 GPU only, and CPU tests
+cross-compile them.
 """
 
 from triton._C.libtriton import ir
@@ -242,7 +244,8 @@ def _tile_coords(t, n_t, n_h, n_z, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexp
 def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
                     first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr,
-                    PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr, HAS_LEFT: gl.constexpr):
+                    PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr, HAS_LEFT: gl.constexpr, CU_Q, CU_K,
+                    VARLEN: gl.constexpr):
     """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
     ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile.
     DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER``
@@ -275,26 +278,57 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
                             BLOCK_N, STAGES, CAUSAL, PERSISTENT, HAS_LEFT)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
-        _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
-                   off_z, off_h, 0, 0, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, PERSISTENT,
-                   HAS_LEFT)
+        if VARLEN:
+            q_start, k_start, n_q, n_k = _sequence(CU_Q, CU_K, off_z)
+            if start_m * BLOCK_M < n_q:
+                _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                           start_m, 0, off_h, 0, 0, GROUP, n_q, n_k, LEFT, RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
+                           PERSISTENT, HAS_LEFT, q_start, k_start)
+        else:
+            _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                       start_m, off_z, off_h, 0, 0, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL,
+                       PERSISTENT, HAS_LEFT)
+
+
+@gluon.jit
+def _sequence(CU_Q, CU_K, off_z):
+    """Sequence ``off_z`` of a packed (variable-length) batch: (query start, key start, its query and key
+    lengths)."""
+    q_start = gl.load(CU_Q + off_z)
+    k_start = gl.load(CU_K + off_z)
+    return q_start, k_start, gl.load(CU_Q + off_z + 1) - q_start, gl.load(CU_K + off_z + 1) - k_start
+
+
+@gluon.jit
+def _store_rows(ptr, x, row0, n_rows, stride_m):
+    """Rows ``row0`` to ``row0 + n_rows`` (at most x's) of a packed tensor from the register tile ``x``, row by row
+    (where the copy engine would write past a sequence's end, over the next one's rows); ``ptr`` points at the head's
+    first element, rows ``stride_m`` apart, the columns contiguous."""
+    # Stored from the registers' own (wgmma) layout: a layout conversion would take shared memory, of which the
+    # kernels with 3 stages have none left.
+    rows = gl.arange(0, x.shape[0], layout=gl.SliceLayout(1, x.type.layout))
+    cols = gl.arange(0, x.shape[1], layout=gl.SliceLayout(0, x.type.layout))
+    offs = (row0 + rows).to(gl.int64)[:, None] * stride_m + cols[None, :]
+    gl.store(ptr + offs, x, mask=rows[:, None] < n_rows)
 
 
 @gluon.jit
 def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
                off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-               STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr, HAS_LEFT: gl.constexpr):
+               STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr, HAS_LEFT: gl.constexpr,
+               q_start=0, k_start=0):
     """Query tile ``start_m`` of head ``off_h`` (the program's ``j``-th): its Q and, from ring position ``kv`` on, its
     K and V tiles (those its rows see: from the first of its first row's window, HAS_LEFT). Persistent, its first
     keys load before its Q, which waits until each warpgroup's output of the tile before has left its Q buffer
-    (``q_free``). Returns the ring position after the tile's keys."""
+    (``q_free``). Returns the ring position after the tile's keys. Packed sequences: Q and K rows start at ``q_start``
+    and ``k_start``."""
     K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
     lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
     n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
     if not PERSISTENT:
-        _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, m0, PERSISTENT)
+        _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, q_start + m0, PERSISTENT)
     for i in range(kv, kv + n_tiles):
         if PERSISTENT:
             if i == kv + 1:
@@ -302,7 +336,7 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
         s = i % STAGES
         # A fresh barrier counts as having completed the phase before its first: the first round does not wait.
         phase = ((i // STAGES) & 1) ^ 1
-        start_n = (i - kv + lo) * BLOCK_N
+        start_n = k_start + (i - kv + lo) * BLOCK_N
         if K_FREE:  # K's buffer comes free on its own, once the q.k products have read it
             mbarrier.wait(free_bars.index(STAGES + s), phase)
         else:
@@ -453,7 +487,8 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
                        ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
-                       ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr):
+                       ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr, CU_Q, CU_K, O, stride_oh, stride_om,
+                       VARLEN: gl.constexpr):
     """One warpgroup's rows of each of the program's query tiles."""
     if DYNAMIC:
         total = n_t * n_h * n_z
@@ -480,9 +515,18 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                               ROW_SHARES, HAS_LEFT)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
-        _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m, off_z,
-                     off_h, 0, 0, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM,
-                     STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES, HAS_LEFT)
+        if VARLEN:
+            q_start, k_start, n_q, n_k = _sequence(CU_Q, CU_K, off_z)
+            if start_m * BLOCK_M < n_q:
+                # The descriptors' one batch item (a tensor, as off_z is elsewhere).
+                _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
+                             off_z * 0, off_h, 0, 0, n_q, n_k, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                             HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES, HAS_LEFT,
+                             q_start, k_start, O, stride_oh, stride_om, VARLEN)
+        else:
+            _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
+                         off_z, off_h, 0, 0, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N,
+                         HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES, HAS_LEFT)
     if O_BUF:
         tma.store_wait(0)  # the last output has left the buffer
 
@@ -492,10 +536,13 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
                  j, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M: gl.constexpr,
                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                  PERSISTENT: gl.constexpr, WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
-                 ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr):
+                 ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr, q_start=0, k_start=0, O=None, stride_oh=0,
+                 stride_om=0, VARLEN: gl.constexpr = False):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
-    Returns the ring position after the tile's keys."""
+    Returns the ring position after the tile's keys. VARLEN: the sequence's rows start at ``q_start`` of the packed
+    Q, O and LSE; a warpgroup whose rows cross its end stores them one by one into ``O`` (the head at
+    ``stride_oh``, rows ``stride_om`` apart), not through the copy engine."""
     WG_M: gl.constexpr = 64
     K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -614,34 +661,48 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     empty = l_i == 0.0
     acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
-    gl.store(LSE + (off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh) + rows, lse,
+    gl.store(LSE + (off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + q_start) + rows, lse,
              mask=rows < N_Q)
     # The copy engine stores the warpgroup's rows of the output (rows past the sequence are clipped), staged in the
     # warpgroup's own output buffer or, without one, in its Q buffer, which it no longer reads.
-    if O_BUF:
-        # Its own output buffer: free once the copy engine has read the tile before's output.
-        tma.store_wait(0)
-        o_smem.index(WG).reshape([WG_M, HEAD_DIM]).store(acc.to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], o_smem.index(WG))
+    if VARLEN:  # rows past a packed sequence's end belong to the next one: its last rows are stored one by one
+        if m_wg + WG_M > N_Q:
+            _store_rows(O + off_h.to(gl.int64) * stride_oh, acc.to(dtype), q_start + m_wg, N_Q - m_wg, stride_om)
+        else:
+            _store_output(o_desc, o_smem, q_smem, q_free, acc.to(dtype), off_z, off_h, q_start + m_wg, WG, O_BUF,
+                          PERSISTENT)
     else:
-        q.store(acc.to(dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, m_wg, 0], q_smem.index(WG))
-        tma.store_wait(0)
-        if PERSISTENT:
-            mbarrier.arrive(q_free.index(WG))  # the buffer may take this warpgroup's rows of the next tile
+        _store_output(o_desc, o_smem, q_smem, q_free, acc.to(dtype), off_z, off_h, m_wg, WG, O_BUF, PERSISTENT)
     return kv + n_tiles
 
 
 @gluon.jit
+def _store_output(o_desc, o_smem, q_smem, q_free, o, off_z, off_h, row, WG: gl.constexpr, O_BUF: gl.constexpr,
+                  PERSISTENT: gl.constexpr):
+    """A warpgroup's output tile ``o`` through the copy engine, from row ``row`` of head ``off_h``."""
+    if O_BUF:
+        # Its own output buffer: free once the copy engine has read the tile before's output.
+        tma.store_wait(0)
+        o_smem.index(WG).reshape(o.shape).store(o)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, row, 0], o_smem.index(WG))
+    else:
+        q_smem.index(WG).reshape(o.shape).store(o)
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [off_z, off_h, row, 0], q_smem.index(WG))
+        tma.store_wait(0)
+        if PERSISTENT:
+            mbarrier.arrive(q_free.index(WG))  # the buffer may take this warpgroup's rows of the next tile
+
+
+@gluon.jit
 def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS,
-                       BATCH, N_Q, N_K, LEFT, RIGHT,
+                       BATCH, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, O, stride_oh, stride_om,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
                        PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
                        K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True,
-                       ROW_SHARES: gl.constexpr = False, HAS_LEFT: gl.constexpr = False):
+                       ROW_SHARES: gl.constexpr = False, HAS_LEFT: gl.constexpr = False, VARLEN: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -657,7 +718,10 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     its own share of the row sums, added up across the quad once, after the last key tile (``ws_row_shares``).
     Sliding windows: CAUSAL bounds each row's keys on the right at RIGHT past its diagonal (0: causal), HAS_LEFT on the
     left at LEFT before it (key j visible to row i iff i + N_K - N_Q - LEFT <= j <= i + N_K - N_Q + RIGHT); only the
-    key tiles in a tile's band load."""
+    key tiles in a tile's band load. VARLEN (one tile a program, grid (cdiv(longest, BLOCK_M), heads, sequences)):
+    sequences packed along the descriptors' sequence axis (batch 1), split by CU_Q and CU_K; N_Q and N_K are unused,
+    LSE is (heads, total rows), and a sequence's last rows are stored through ``O`` (``_store_rows``)."""
+    gl.static_assert(not (VARLEN and PERSISTENT), "packed sequences run one tile a program")
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
@@ -704,16 +768,18 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
             ],
             [4, 1],
             [REGS, 24],
@@ -725,21 +791,24 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
@@ -751,26 +820,30 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
-                                      ROW_SHARES, HAS_LEFT)),
+                                      ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
+                                      stride_oh, stride_om, VARLEN)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
             ],
             [4, 4, 4, 1],
             [REGS, REGS, REGS, 24],
@@ -843,12 +916,20 @@ def ws_bwd_tiles(head_dim: int, causal: bool) -> tuple[int, int, int] | None:
 
 @gluon.jit
 def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, N_Q, N_K, LEFT, RIGHT, CAUSAL: gl.constexpr,
-                 HAS_LEFT: gl.constexpr):
-    """A dK/dV program's keys and query range: (n0, off_z, off_hk, m_lo, n_m_tiles). Grid: (cdiv(N_K, BLOCK_N),
-    key/value heads, batch)."""
+                 HAS_LEFT: gl.constexpr, CU_Q=None, CU_K=None, VARLEN: gl.constexpr = False):
+    """A dK/dV program's keys and query range: (n0, off_z, off_hk, m_lo, n_m_tiles, q_start, k_start, N_Q, N_K).
+    Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). VARLEN: the sequence's starts and lengths (``_sequence``),
+    off_z 0 (the descriptors' one batch item), and no query tiles where the program's keys lie past its end."""
     n0 = gl.program_id(0) * BLOCK_N
     off_hk = gl.program_id(1)
     off_z = gl.program_id(2)
+    if VARLEN:
+        q_start, k_start, N_Q, N_K = _sequence(CU_Q, CU_K, off_z)
+        off_z = 0
+        N_Q = gl.where(n0 < N_K, N_Q, 0)
+    else:
+        q_start = 0
+        k_start = 0
     if CAUSAL:
         # Query row i sees key j iff j <= i + N_K - N_Q + RIGHT: rows before this program's first key minus that
         # diagonal see none.
@@ -860,7 +941,7 @@ def _key_program(BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, N_Q, N_K, LEFT, R
         m_hi = gl.minimum(n0 + BLOCK_N - (N_K - N_Q - LEFT), N_Q)
     else:
         m_hi = N_Q
-    return n0, off_z, off_hk, m_lo, gl.cdiv(gl.maximum(m_hi - m_lo, 0), BLOCK_M)
+    return n0, off_z, off_hk, m_lo, gl.cdiv(gl.maximum(m_hi - m_lo, 0), BLOCK_M), q_start, k_start, N_Q, N_K
 
 
 @gluon.jit
@@ -871,20 +952,21 @@ def _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M: gl.constexpr):
 
 
 @gluon.jit
-def _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, valid, stride_lz, stride_lh):
-    """LSE and delta of query rows of one head; rows past the sequence (or not ``valid``) get inf and 0: P = 0."""
-    row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+def _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, valid, stride_lz, stride_lh, row0=0):
+    """LSE and delta of query rows of one head (a packed sequence's from ``row0``); rows past the sequence (or not
+    ``valid``) get inf and 0: P = 0."""
+    row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + row0 + rows
     mask = (rows < N_Q) & valid
     return gl.load(LSE + row_ptr, mask=mask, other=float("inf")), gl.load(DELTA + row_ptr, mask=mask, other=0.0)
 
 
 @gluon.jit
 def _row_bias(LSE, DELTA, it, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols, N_Q, sm_scale, stride_lz,
-              stride_lh, BLOCK_M: gl.constexpr):
+              stride_lh, BLOCK_M: gl.constexpr, row0=0):
     """The deterministic dK/dV kernel's accumulator starts for step ``it`` (none past ``total``): -LSE / scale for
     S^T and -delta for dP^T, per query row."""
     off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
-    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, start_m + cols, N_Q, it < total, stride_lz, stride_lh)
+    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, start_m + cols, N_Q, it < total, stride_lz, stride_lh, row0)
     return -lse / sm_scale, -delta
 
 
@@ -900,23 +982,24 @@ def _init_bwd_barriers(kv_bar, q_bars, do_bars, free_bars, STAGES: gl.constexpr)
 @gluon.jit
 def _bwd_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars, do_bars,
                         free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M: gl.constexpr,
-                        STAGES: gl.constexpr):
+                        STAGES: gl.constexpr, q_start, k_start):
     """The dK/dV kernels' loading warp: the program's keys once (``k_smem.shape[0]`` blocks of K and of V), then Q
-    and dO tiles through the ring."""
+    and dO tiles through the ring (a packed sequence's rows from ``q_start`` and ``k_start``)."""
     KV_BLOCKS: gl.constexpr = k_smem.shape[0]
     ROWS: gl.constexpr = k_desc.block_type.shape[2]
     mbarrier.expect(kv_bar, KV_BLOCKS * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
     for w in gl.static_range(KV_BLOCKS):
-        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, n0 + w * ROWS, 0], kv_bar, k_smem.index(w))
-        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, n0 + w * ROWS, 0], kv_bar, v_smem.index(w))
+        tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, k_start + n0 + w * ROWS, 0], kv_bar, k_smem.index(w))
+        tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, k_start + n0 + w * ROWS, 0], kv_bar, v_smem.index(w))
     for it in range(GROUP * n_m_tiles):
         s = it % STAGES
         mbarrier.wait(free_bars.index(s), ((it // STAGES) & 1) ^ 1)
         off_h, start_m = _query_step(it, off_hk, GROUP, m_lo, n_m_tiles, BLOCK_M)
         mbarrier.expect(q_bars.index(s), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, start_m, 0], q_bars.index(s), q_smem.index(s))
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, q_start + start_m, 0], q_bars.index(s), q_smem.index(s))
         mbarrier.expect(do_bars.index(s), do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, start_m, 0], do_bars.index(s), do_smem.index(s))
+        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, q_start + start_m, 0], do_bars.index(s),
+                                        do_smem.index(s))
 
 
 @gluon.jit
@@ -925,7 +1008,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                            GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale, sm_scale, stride_lz, stride_lh,
                            BLOCK_M: gl.constexpr, WG_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                            CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr, DQ_PERMUTED: gl.constexpr, WG: gl.constexpr,
-                           HAS_LEFT: gl.constexpr):
+                           HAS_LEFT: gl.constexpr, q_start, k_start, DK, DV, stride_kh, stride_km,
+                           VARLEN: gl.constexpr):
     """One warpgroup's 64 keys: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles (of every query head
     of its key head). With ATOMIC_DQ also each query tile's share of dQ, scale * dS K over the program's 128 keys:
     both warpgroups put their dS in shared memory (``ds_bars``: both written), the first (WG 0) multiplies it by K
@@ -964,7 +1048,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
     total = GROUP * n_m_tiles
     if not ATOMIC_DQ:  # the first step's row terms, while K and V land
         s_bias, dp_bias = _row_bias(LSE, DELTA, 0, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols, N_Q, sm_scale,
-                                    stride_lz, stride_lh, BLOCK_M)
+                                    stride_lz, stride_lh, BLOCK_M, q_start)
     mbarrier.wait(kv_bar, 0)
     for it in range(total):
         st = it % STAGES
@@ -980,11 +1064,11 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             # (+3-8% there; 1-4% slower without a mask at 16k); otherwise both load while the two MMAs run.
             mbarrier.wait(do_bars.index(st), phase)
             if CAUSAL:
-                lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
+                lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh, q_start)
                 dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init - delta[None, :], is_async=True)
             else:
                 dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
-                lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
+                lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh, q_start)
             s_t = warpgroup_mma_wait(1, deps=(s_t,))
             p_t = gl.exp2(s_t * qk_scale - lse[None, :] * LOG2E)
         else:
@@ -1002,6 +1086,9 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         if HAS_LEFT:
             if start_m + BLOCK_M - 1 + diag_left > n0:  # some key of this program lies before some row's window
                 p_t = gl.where(keys[:, None] >= rows[None, :] + diag_left, p_t, 0.0)
+        if VARLEN:  # keys past a packed sequence are the next one's, not zeros
+            if n0 + 2 * WG_N > N_K:
+                p_t = gl.where(keys[:, None] < N_K, p_t, 0.0)
         dv = warpgroup_mma(gl.convert_layout(p_t.to(dtype), a_layout), do, dv, is_async=True)
         dp_t = warpgroup_mma_wait(1, deps=(dp_t,))
         if ATOMIC_DQ and not CAUSAL:
@@ -1045,7 +1132,7 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
                 _tma_reduce_add(dq_desc, [off_z, off_h, start_m, 0], dq_smem)
         else:
             s_bias, dp_bias = _row_bias(LSE, DELTA, it + 1, total, off_z, off_hk, GROUP, m_lo, n_m_tiles, cols,
-                                        N_Q, sm_scale, stride_lz, stride_lh, BLOCK_M)
+                                        N_Q, sm_scale, stride_lz, stride_lh, BLOCK_M, q_start)
             dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
             mbarrier.arrive(free_bars.index(st))
 
@@ -1053,21 +1140,41 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         last = GROUP * n_m_tiles - 1
         if last >= 0 and WG == 1:  # the first warpgroup's last dQ product reads this warpgroup's K too
             mbarrier.wait(dqd_bars.index(last % 2), (last // 2) & 1)
-    # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped).
-    k.store((dk * sm_scale).to(dtype))
-    v.store(dv.to(dtype))
+    # This warpgroup's K and V buffers stage its dK and dV for the copy engine (rows past the keys are clipped); the
+    # last keys of a packed sequence are stored one by one (the next rows are the next sequence's).
+    dk = (dk * sm_scale).to(dtype)
+    dv = dv.to(dtype)
+    if VARLEN:
+        if n0 + (WG + 1) * WG_N > N_K:
+            k_row = k_start + n0 + WG * WG_N
+            n_rows = N_K - n0 - WG * WG_N
+            _store_rows(DK + off_hk.to(gl.int64) * stride_kh, dk, k_row, n_rows, stride_km)
+            _store_rows(DV + off_hk.to(gl.int64) * stride_kh, dv, k_row, n_rows, stride_km)
+        else:
+            _store_key_tile(dk_desc, k_smem, dk, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
+            _store_key_tile(dv_desc, v_smem, dv, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
+    else:
+        _store_key_tile(dk_desc, k_smem, dk, off_z, off_hk, n0 + WG * WG_N, WG)
+        _store_key_tile(dv_desc, v_smem, dv, off_z, off_hk, n0 + WG * WG_N, WG)
+
+
+@gluon.jit
+def _store_key_tile(desc, smem, x, off_z, off_hk, row, index: gl.constexpr):
+    """A tile ``x`` (dK, dV, or dQ) through the copy engine, staged in buffer ``index`` of ``smem`` (rows past the
+    tensor are clipped), from row ``row`` of head ``off_hk``."""
+    smem.index(index).reshape(x.shape).store(x)
     fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0 + WG * WG_N, 0], k_smem.index(WG))
-    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0 + WG * WG_N, 0], v_smem.index(WG))
+    tma.async_copy_shared_to_global(desc, [off_z, off_hk, row, 0], smem.index(index))
     tma.store_wait(0)
 
 
 @gluon.jit
 def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, dq_desc, LSE, DELTA, sm_scale,
-                            stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT,
-                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                            stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, DK, DV, stride_kh,
+                            stride_km, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                             STAGES: gl.constexpr, CAUSAL: gl.constexpr, ATOMIC_DQ: gl.constexpr,
-                            DQ_PERMUTED: gl.constexpr = False, HAS_LEFT: gl.constexpr = False):
+                            DQ_PERMUTED: gl.constexpr = False, HAS_LEFT: gl.constexpr = False,
+                            VARLEN: gl.constexpr = False):
     """dK and dV of dense attention (each program owns BLOCK_N keys of one key head: no atomics). With ATOMIC_DQ (the
     sequence-parallel mode) also dQ, added into ``dq_desc`` (fp32, (batch, heads, seqlen_q, head dim), blocks of
     BLOCK_M rows and HEAD_DIM columns, zeroed by the caller) by the copy engine; without it ``dq_desc`` is
@@ -1076,9 +1183,14 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
     Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, ``k_desc``,
     ``v_desc``, ``dk_desc``, ``dv_desc`` BLOCK_N / 2-row blocks (one per computing warpgroup); DELTA = rowsum(O * dO),
     laid out like LSE. Sliding windows: CAUSAL and HAS_LEFT bound each row's keys at RIGHT past its diagonal and LEFT
-    before it (``attn_fwd_ws_kernel``); a program visits only the query tiles that see its keys."""
+    before it (``attn_fwd_ws_kernel``); a program visits only the query tiles that see its keys. VARLEN (not with
+    ATOMIC_DQ): packed sequences as ``attn_fwd_ws_kernel``'s, grid (cdiv(longest, BLOCK_N), key heads, sequences);
+    a sequence's last keys store their dK and dV into ``DK`` and ``DV`` (head stride ``stride_kh``, rows
+    ``stride_km`` apart) one by one."""
     WG_N: gl.constexpr = BLOCK_N // 2
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT)
+    gl.static_assert(not (VARLEN and ATOMIC_DQ), "packed sequences take the dQ pass")
+    n0, off_z, off_hk, m_lo, n_m_tiles, q_start, k_start, N_Q, N_K = _key_program(
+        BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT, CU_Q, CU_K, VARLEN)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -1112,14 +1224,17 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
                                       off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
                                       sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL,
-                                      ATOMIC_DQ, DQ_PERMUTED, 0, HAS_LEFT)),
+                                      ATOMIC_DQ, DQ_PERMUTED, 0, HAS_LEFT, q_start, k_start, DK, DV, stride_kh,
+                                      stride_km, VARLEN)),
             (_bwd_compute_partition, (dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem,
                                       dq_smem, ds_smem, ds_bars, dqd_bars, kv_bar, q_bars, do_bars, free_bars, off_z,
                                       off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
                                       sm_scale, stride_lz, stride_lh, BLOCK_M, WG_N, HEAD_DIM, STAGES, CAUSAL,
-                                      ATOMIC_DQ, DQ_PERMUTED, 1, HAS_LEFT)),
+                                      ATOMIC_DQ, DQ_PERMUTED, 1, HAS_LEFT, q_start, k_start, DK, DV, stride_kh,
+                                      stride_km, VARLEN)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
-                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES,
+                                   q_start, k_start)),
         ],
         [4, 1],
         [240, 24],
@@ -1137,7 +1252,8 @@ def attn_bwd_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, d
 def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
                        p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, LEFT, RIGHT, qk_scale,
                        stride_lz, stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr):
+                       STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr, q_start, k_start, DV,
+                       stride_kh, stride_km, VARLEN: gl.constexpr):
     """S^T = K Q^T, P^T (to shared memory for the dS warpgroup), dV += P^T dO; then stores dV."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -1152,7 +1268,6 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
     k = k_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
-    v = v_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
 
     mbarrier.wait(kv_bar, 0)
     for it in range(GROUP * n_m_tiles):
@@ -1166,7 +1281,7 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
         mbarrier.wait(q_bars.index(st), phase)
         s_t = warpgroup_mma(k, q.permute((1, 0)), s_init, use_acc=False, is_async=True)
         rows = start_m + cols
-        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + q_start + rows
         lse = gl.load(LSE + row_ptr, mask=rows < N_Q, other=float("inf")) * LOG2E
         s_t = warpgroup_mma_wait(0, deps=(s_t,))
         p_t = gl.exp2(s_t * qk_scale - lse[None, :])
@@ -1176,6 +1291,9 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
         if HAS_LEFT:
             if start_m + BLOCK_M - 1 + diag_left > n0:  # some key of this program lies before some row's window
                 p_t = gl.where(keys[:, None] >= rows[None, :] + diag_left, p_t, 0.0)
+        if VARLEN:  # keys past a packed sequence are the next one's, not zeros (P^T = 0 makes dS^T 0 too)
+            if n0 + BLOCK_N > N_K:
+                p_t = gl.where(keys[:, None] < N_K, p_t, 0.0)
         p_t = p_t.to(dtype)
         mbarrier.wait(pfree_bars.index(par), use ^ 1)  # the dS warpgroup has read this buffer two steps ago
         p_smem.index(par).store(p_t)
@@ -1189,17 +1307,14 @@ def _split_p_partition(dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv
     last = GROUP * n_m_tiles - 1
     if last >= 0:  # the dS warpgroup's last dP^T = V dO^T has read V
         mbarrier.wait(pfree_bars.index(last % 2), (last // 2) & 1)
-    v.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dv_desc, [off_z, off_hk, n0, 0], v_smem.index(0))
-    tma.store_wait(0)
+    _store_keys(dv_desc, v_smem, dv.to(dtype), off_z, off_hk, n0, k_start, N_K, DV, stride_kh, stride_km, VARLEN)
 
 
 @gluon.jit
 def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars, free_bars,
-                        p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, sm_scale, stride_lz,
+                        p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K, sm_scale, stride_lz,
                         stride_lh, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                        STAGES: gl.constexpr):
+                        STAGES: gl.constexpr, q_start, k_start, DK, stride_kh, stride_km, VARLEN: gl.constexpr):
     """dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; then stores dK."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -1210,7 +1325,6 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
     cols = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=o_layout)
     s_init = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=s_layout)
-    k = k_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
     v = v_smem.index(0).reshape([BLOCK_N, HEAD_DIM])
 
     mbarrier.wait(kv_bar, 0)
@@ -1225,7 +1339,7 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
         mbarrier.wait(do_bars.index(st), phase)
         dp_t = warpgroup_mma(v, do.permute((1, 0)), s_init, use_acc=False, is_async=True)
         rows = start_m + cols
-        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + rows
+        row_ptr = off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + q_start + rows
         delta = gl.load(DELTA + row_ptr, mask=rows < N_Q, other=0.0)
         dp_t = warpgroup_mma_wait(0, deps=(dp_t,))
         mbarrier.wait(p_bars.index(par), use)
@@ -1238,22 +1352,35 @@ def _split_ds_partition(dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem,
         mbarrier.arrive(free_bars.index(st))
 
     # The P warpgroup's last S^T = K Q^T has read K: its last P^T is in (this warpgroup waited for it).
-    k.store((dk * sm_scale).to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [off_z, off_hk, n0, 0], k_smem.index(0))
-    tma.store_wait(0)
+    _store_keys(dk_desc, k_smem, (dk * sm_scale).to(dtype), off_z, off_hk, n0, k_start, N_K, DK, stride_kh, stride_km,
+                VARLEN)
+
+
+@gluon.jit
+def _store_keys(desc, smem, x, off_z, off_hk, n0, k_start, N_K, ptr, stride_kh, stride_km, VARLEN: gl.constexpr):
+    """The split-role kernel's dK or dV tile ``x``: staged in its K or V buffer for the copy engine (rows past the keys
+    are clipped), or, for the last keys of a packed sequence, stored one by one (``_store_rows``)."""
+    if VARLEN:
+        if n0 + x.shape[0] > N_K:
+            _store_rows(ptr + off_hk.to(gl.int64) * stride_kh, x, k_start + n0, N_K - n0, stride_km)
+        else:
+            _store_key_tile(desc, smem, x, off_z, off_hk, k_start + n0, 0)
+    else:
+        _store_key_tile(desc, smem, x, off_z, off_hk, n0, 0)
 
 
 @gluon.jit
 def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, DELTA, sm_scale,
-                               stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT,
-                               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr = False):
+                               stride_lz, stride_lh, GROUP, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, DK, DV, stride_kh,
+                               stride_km, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                               STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LEFT: gl.constexpr = False,
+                               VARLEN: gl.constexpr = False):
     """dK and dV of dense attention for large head dims, deterministic (each program owns BLOCK_N keys of one key
     head). Grid: (cdiv(N_K, BLOCK_N), key/value heads, batch). ``q_desc``/``do_desc`` have BLOCK_M-row blocks, the
     others BLOCK_N-row blocks; DELTA = rowsum(O * dO), laid out like LSE. Sliding windows as
-    ``attn_bwd_dkdv_ws_kernel``."""
-    n0, off_z, off_hk, m_lo, n_m_tiles = _key_program(BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT)
+    ``attn_bwd_dkdv_ws_kernel``, packed sequences (VARLEN) too."""
+    n0, off_z, off_hk, m_lo, n_m_tiles, q_start, k_start, N_Q, N_K = _key_program(
+        BLOCK_N, BLOCK_M, N_Q, N_K, LEFT, RIGHT, CAUSAL, HAS_LEFT, CU_Q, CU_K, VARLEN)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -1277,12 +1404,14 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
             (_split_p_partition, (dv_desc, LSE, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
                                   free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q, N_K,
                                   LEFT, RIGHT, sm_scale * LOG2E, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM,
-                                  STAGES, CAUSAL, HAS_LEFT)),
+                                  STAGES, CAUSAL, HAS_LEFT, q_start, k_start, DV, stride_kh, stride_km, VARLEN)),
             (_split_ds_partition, (dk_desc, DELTA, q_smem, k_smem, v_smem, do_smem, p_smem, kv_bar, q_bars, do_bars,
                                    free_bars, p_bars, pfree_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, N_Q,
-                                   sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
+                                   N_K, sm_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, q_start,
+                                   k_start, DK, stride_kh, stride_km, VARLEN)),
             (_bwd_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, kv_bar, q_bars,
-                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES)),
+                                   do_bars, free_bars, off_z, off_hk, n0, m_lo, n_m_tiles, GROUP, BLOCK_M, STAGES,
+                                   q_start, k_start)),
         ],
         [4, 1],
         [240, 24],
@@ -1295,19 +1424,20 @@ def attn_bwd_dkdv_split_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc
 @gluon.jit
 def _dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
                        free_bars, off_z, off_h, off_hk, m0, lo, n_tiles, BLOCK_N: gl.constexpr,
-                       STAGES: gl.constexpr):
+                       STAGES: gl.constexpr, q_start, k_start):
     """The dQ kernel's loading warp: the program's Q and dO once, then key tiles ``lo`` to ``lo + n_tiles`` through
-    the ring."""
+    the ring (a packed sequence's rows from ``q_start`` and ``k_start``)."""
     WG_M: gl.constexpr = q_desc.block_type.shape[2]
     mbarrier.expect(qdo_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
     for w in gl.static_range(2):
-        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, m0 + w * WG_M, 0], qdo_bar, q_smem.index(w))
-        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, m0 + w * WG_M, 0], qdo_bar, do_smem.index(w))
+        tma.async_copy_global_to_shared(q_desc, [off_z, off_h, q_start + m0 + w * WG_M, 0], qdo_bar, q_smem.index(w))
+        tma.async_copy_global_to_shared(do_desc, [off_z, off_h, q_start + m0 + w * WG_M, 0], qdo_bar,
+                                        do_smem.index(w))
     for j in range(n_tiles):
         s = j % STAGES
         mbarrier.wait(free_bars.index(s), ((j // STAGES) & 1) ^ 1)
         mbarrier.expect(k_bars.index(s), k_desc.block_type.nbytes)
-        start_n = (lo + j) * BLOCK_N
+        start_n = k_start + (lo + j) * BLOCK_N
         tma.async_copy_global_to_shared(k_desc, [off_z, off_hk, start_n, 0], k_bars.index(s), k_smem.index(s))
         mbarrier.expect(v_bars.index(s), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [off_z, off_hk, start_n, 0], v_bars.index(s), v_smem.index(s))
@@ -1317,7 +1447,8 @@ def _dq_load_partition(q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, 
 def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars, free_bars,
                           off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale, sm_scale, stride_lz,
                           stride_lh, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                          CAUSAL: gl.constexpr, WG: gl.constexpr, HAS_LEFT: gl.constexpr):
+                          CAUSAL: gl.constexpr, WG: gl.constexpr, HAS_LEFT: gl.constexpr, q_start, DQ, stride_qh,
+                          stride_qm, VARLEN: gl.constexpr):
     """One warpgroup's 64 query rows: dQ = scale * sum over key tiles of dS K, dS = P (dO V^T - delta)."""
     WG_M: gl.constexpr = q_smem.shape[3]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -1328,7 +1459,7 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     dtype: gl.constexpr = q_smem.dtype
     rows = m0 + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, s_layout))
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh)
+    lse, delta = _row_stats(LSE, DELTA, off_z, off_h, rows, N_Q, True, stride_lz, stride_lh, q_start)
     lse = lse * LOG2E
     diag = N_K - N_Q + RIGHT
     diag_left = N_K - N_Q - LEFT
@@ -1367,6 +1498,9 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
         if HAS_LEFT:
             if j < left_masked:  # some key of this tile lies before some row's window
                 p = gl.where(j * BLOCK_N + cols[None, :] >= rows[:, None] + diag_left, p, 0.0)
+        if VARLEN:  # keys past a packed sequence are the next one's, not zeros
+            if (j + 1) * BLOCK_N > N_K:
+                p = gl.where(j * BLOCK_N + cols[None, :] < N_K, p, 0.0)
         dp = warpgroup_mma_wait(0, deps=(dp,))
         ds = (p * (dp - delta[:, None])).to(dtype)
         dq = warpgroup_mma(gl.convert_layout(ds, a_layout), k, dq, is_async=True)
@@ -1375,26 +1509,39 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
     if CAUSAL:
         _release_tiles(k_bars, v_bars, free_bars, own_hi - lo, n_tiles, STAGES)
 
-    # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped).
-    q.store((dq * sm_scale).to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dq_desc, [off_z, off_h, m0 + WG * WG_M, 0], q_smem.index(WG))
-    tma.store_wait(0)
+    # This warpgroup's Q buffer stages its dQ for the copy engine (rows past the sequence are clipped); the last rows
+    # of a packed sequence are stored one by one.
+    dq = (dq * sm_scale).to(dtype)
+    if VARLEN:
+        if m_wg + WG_M > N_Q:
+            _store_rows(DQ + off_h.to(gl.int64) * stride_qh, dq, q_start + m_wg, N_Q - m_wg, stride_qm)
+        else:
+            _store_key_tile(dq_desc, q_smem, dq, off_z, off_h, q_start + m_wg, WG)
+    else:
+        _store_key_tile(dq_desc, q_smem, dq, off_z, off_h, m_wg, WG)
 
 
 @gluon.jit
 def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, sm_scale, stride_lz, stride_lh,
-                          GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                          HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                          HAS_LEFT: gl.constexpr = False):
+                          GROUP, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, DQ, stride_qh, stride_qm, BLOCK_M: gl.constexpr,
+                          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                          HAS_LEFT: gl.constexpr = False, VARLEN: gl.constexpr = False):
     """dQ of dense attention, deterministic: each program owns BLOCK_M query rows of one head (64 per computing
     warpgroup) and loops over the key tiles. Grid: (cdiv(N_Q, BLOCK_M), heads, batch). ``q_desc``, ``do_desc`` and
     ``dq_desc`` have BLOCK_M / 2-row blocks, ``k_desc``/``v_desc`` BLOCK_N-row blocks. Causal grids run a head's
     longest (last) query tiles first. Sliding windows as ``attn_fwd_ws_kernel``: the program's key tiles run from
-    ``lo``, its first row's first, to its last row's last."""
+    ``lo``, its first row's first, to its last row's last. VARLEN: packed sequences as ``attn_fwd_ws_kernel``'s (a
+    sequence's last rows store their dQ into ``DQ``, head stride ``stride_qh``, rows ``stride_qm`` apart)."""
     start_m, off_z, off_h = _query_program(CAUSAL)
     m0 = start_m * BLOCK_M
     off_hk = off_h // GROUP
+    if VARLEN:
+        q_start, k_start, N_Q, N_K = _sequence(CU_Q, CU_K, off_z)
+        off_z = 0
+        N_K = gl.where(m0 < N_Q, N_K, 0)  # a program past the sequence's rows loads and computes nothing
+    else:
+        q_start = 0
+        k_start = 0
     lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
     n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
 
@@ -1418,13 +1565,14 @@ def attn_bwd_dq_ws_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, DELTA, 
             (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
                                      free_bars, off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale,
                                      sm_scale, stride_lz, stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 0,
-                                     HAS_LEFT)),
+                                     HAS_LEFT, q_start, DQ, stride_qh, stride_qm, VARLEN)),
             (_dq_compute_partition, (dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars, v_bars,
                                      free_bars, off_z, off_h, m0, lo, n_tiles, N_Q, N_K, LEFT, RIGHT, qk_scale,
                                      sm_scale, stride_lz, stride_lh, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, 1,
-                                     HAS_LEFT)),
+                                     HAS_LEFT, q_start, DQ, stride_qh, stride_qm, VARLEN)),
             (_dq_load_partition, (q_desc, k_desc, v_desc, do_desc, q_smem, k_smem, v_smem, do_smem, qdo_bar, k_bars,
-                                  v_bars, free_bars, off_z, off_h, off_hk, m0, lo, n_tiles, BLOCK_N, STAGES)),
+                                  v_bars, free_bars, off_z, off_h, off_hk, m0, lo, n_tiles, BLOCK_N, STAGES, q_start,
+                                  k_start)),
         ],
         [4, 1],
         [240, 24],
