@@ -127,9 +127,10 @@ class KernelsConfig:
         tma: load the forward's tiles with tensor descriptors (the Tensor Memory Accelerator, sm_90 and newer) for
             dense fp16/bf16 inputs with 16-byte aligned strides; other calls run the pointer-load kernel.
         warp_specialize: with ``tma``, on sm_90 GPUs: run forwards (causal or not, with or without a sliding
-            window, padded or packed sequences; fp16/bf16) at the head dims and lengths of ``fa2dist.ops.kernels.hopper.WS_TILES`` (d64, d128,
-            d256; a window's width stands for the length) in the warp-specialised Gluon kernel (a loading warp, two
-            to four computing warpgroups, its own tiles) instead of the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d64, d128, d256) and dQ at
+            window, padded or packed sequences; fp16/bf16) at the head dims and lengths of
+            ``fa2dist.ops.kernels.hopper.WS_TILES`` (d64, d128, d256; a window's width stands for the length) in the
+            warp-specialised Gluon kernel (a loading warp, two to four computing warpgroups, its own tiles) instead of
+            the Triton forward, and the backward's dK/dV at ``hopper.WS_BWD`` (d64, d128, d256) and dQ at
             ``hopper.WS_BWD_DQ`` (d128, d256) in warp-specialised kernels without atomics, in both modes; the
             sequence-parallel mode at d64 and d128 (without a mask; causal from 3-4k keys) adds dQ from the dK/dV
             kernel instead (``hopper.WS_FUSED_DQ``).

@@ -383,12 +383,13 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 def _warp_specialized(q: torch.Tensor, head_dim: int, seqlen_k: int, feats: Features) -> bool:
     """Whether this forward runs the warp-specialised Hopper kernel: a head dim and length it has tiles for
-    (``hopper.WS_TILES``) and :func:`_dense_on_sm90`. The caller has checked that the tensors suit tensor
+    (``hopper.WS_TILES``) and :func:`_hopper_kernels_apply`. The caller has checked that the tensors suit tensor
     descriptors."""
-    return _dense_on_sm90(q, feats) and ws_tiles(head_dim, _key_span(feats, seqlen_k), _banded(feats)) is not None
+    span = _key_span(feats, seqlen_k)
+    return _hopper_kernels_apply(q, feats) and ws_tiles(head_dim, span, _banded(feats)) is not None
 
 
-def _dense_on_sm90(q: torch.Tensor, feats: Features) -> bool:
+def _hopper_kernels_apply(q: torch.Tensor, feats: Features) -> bool:
     """Gluon kernels available and compiling, fp16/bf16 on an sm_90 GPU, attention without scores beyond q.k
     (causal or not, any sliding window, padded or packed sequences; no softcap, ALiBi or dropout) with a positive
     scale."""
@@ -453,8 +454,8 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
         seqlen_q, seqlen_k, **_window_args(feats), **_packed_args(cu_q, cu_k, out, lse, varlen), BLOCK_M=block_m,
-        BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent,
-        DYNAMIC=dynamic, O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages),
+        BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span),
+        PERSISTENT=persistent, DYNAMIC=dynamic, O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages),
         ROW_SHARES=ws_row_shares(head_dim), num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
@@ -609,7 +610,7 @@ def attn_bwd(
     varlen = layout == "thd"
     ws = (
         config.tma and config.warp_specialize and ws_bwd_tiles(head_dim, _banded(feats)) is not None
-        and _dense_on_sm90(q, feats) and _tma_ready(layout, q, k, v, do, dk, dv, packed=True)
+        and _hopper_kernels_apply(q, feats) and _tma_ready(layout, q, k, v, do, dk, dv, packed=True)
         and (not varlen or dk.stride() == dv.stride())
     )
     if ws:

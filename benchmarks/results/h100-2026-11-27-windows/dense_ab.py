@@ -1,8 +1,9 @@
 """The dense (window-free) calls before and after the Gluon kernels took windows: outputs and gradients bitwise
 equal (the deterministic mode's all, the sequence-parallel mode's output, dK and dV: its dQ is added in no fixed
-order where the dK/dV kernel adds it), and kernel time (ROUNDS 0: the check alone). The committed package before the change is imported as ``fa2dist_old`` (a copy with the name
-replaced, on the path given as the first argument). bf16, 16k tokens, hidden 2048; CUDA-graph replays, both packages
-interleaved in each round (order reversed every other round), after 10 s of matmuls.
+order where the dK/dV kernel adds it), and kernel time (ROUNDS 0: the check alone). The committed package before
+the change is imported as ``fa2dist_old`` (a copy with the name replaced, on the path given as the first argument).
+bf16, 16k tokens, hidden 2048; CUDA-graph replays, both packages interleaved in each round (order reversed every other
+round), after 10 s of matmuls.
 
     python benchmarks/results/h100-2026-11-27-windows/dense_ab.py OLD_PATH ROUNDS OUT.json
 """

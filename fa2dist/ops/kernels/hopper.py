@@ -520,9 +520,9 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
             if start_m * BLOCK_M < n_q:
                 # The descriptors' one batch item (a tensor, as off_z is elsewhere).
                 _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
-                             off_z * 0, off_h, 0, 0, n_q, n_k, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N,
-                             HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV, ROW_SHARES, HAS_LEFT,
-                             q_start, k_start, O, stride_oh, stride_om, VARLEN)
+                             off_z * 0, off_h, 0, 0, n_q, n_k, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M,
+                             BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
+                             ROW_SHARES, HAS_LEFT, q_start, k_start, O, stride_oh, stride_om, VARLEN)
         else:
             _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
                          off_z, off_h, 0, 0, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N,
