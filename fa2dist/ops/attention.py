@@ -487,7 +487,8 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     ``dq_acc`` ((batch, heads, seqlen_q, head dim), zeros) adding dQ into it; with ``dq_permuted`` its rows go in
     permuted within groups of 8, and ``dq_acc`` has seqlen_q rounded up to a multiple of 8 rows. Packed sequences
     (layout "thd", ``cu_q``/``cu_k``, no ``dq_acc``): seqlen_q and seqlen_k are the longest."""
-    block_m, block_n, stages = ws_bwd_tiles(head_dim, _banded(feats))
+    causal = _banded(feats)
+    block_m, block_n, stages = ws_bwd_tiles(head_dim, causal)
     packed = _packed_bwd_args(cu_q, cu_k, dk, dv, lse, layout == "thd")
     if head_dim > 128:  # both computing warpgroups share the program's keys: one computes dV, the other dK
         attn_bwd_dkdv_split_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
@@ -495,7 +496,7 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
                              (dk, block_n), (dv, block_n)),
             lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
             **_window_args(feats), **packed, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
-            CAUSAL=_banded(feats), num_warps=4,
+            CAUSAL=causal, num_warps=4,
         )
         return
     # Each of the two computing warpgroups loads its own block_n / 2 keys and stores their dK and dV.
@@ -508,15 +509,13 @@ def _attn_bwd_dkdv_ws(q, k, v, do, dk, dv, dq_acc, lse, delta, feats, layout, ba
     attn_bwd_dkdv_ws_kernel[(_cdiv(seqlen_k, block_n), nheads_kv, batch)](
         *descs, lse, delta, feats.softmax_scale, *_lse_strides(lse, layout), group, seqlen_q, seqlen_k,
         **_window_args(feats), **packed, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages,
-        CAUSAL=_banded(feats), ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
+        CAUSAL=causal, ATOMIC_DQ=dq_acc is not None, DQ_PERMUTED=dq_permuted, num_warps=4,
     )
 
 
 def _packed_bwd_args(cu_q, cu_k, dk, dv, dummy, varlen: bool) -> dict:
     """The dK/dV kernels' packed-sequence arguments (``_packed_args``): dK and dV share their strides."""
-    if varlen:
-        return dict(CU_Q=cu_q, CU_K=cu_k, DK=dk, DV=dv, stride_kh=dk.stride(1), stride_km=dk.stride(0), VARLEN=True)
-    return dict(CU_Q=dummy, CU_K=dummy, DK=dk, DV=dv, stride_kh=0, stride_km=0, VARLEN=False)
+    return {**_packed_args(cu_q, cu_k, dk, dummy, varlen, "DK", "stride_kh", "stride_km"), "DV": dv}
 
 
 def _attn_bwd_dq_ws(q, k, v, do, dq, lse, delta, feats, layout, batch, nheads, group, seqlen_q, seqlen_k,

@@ -1151,15 +1151,15 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
             _store_rows(DK + off_hk.to(gl.int64) * stride_kh, dk, k_row, n_rows, stride_km)
             _store_rows(DV + off_hk.to(gl.int64) * stride_kh, dv, k_row, n_rows, stride_km)
         else:
-            _store_key_tile(dk_desc, k_smem, dk, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
-            _store_key_tile(dv_desc, v_smem, dv, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
+            _store_tile(dk_desc, k_smem, dk, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
+            _store_tile(dv_desc, v_smem, dv, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
     else:
-        _store_key_tile(dk_desc, k_smem, dk, off_z, off_hk, n0 + WG * WG_N, WG)
-        _store_key_tile(dv_desc, v_smem, dv, off_z, off_hk, n0 + WG * WG_N, WG)
+        _store_tile(dk_desc, k_smem, dk, off_z, off_hk, n0 + WG * WG_N, WG)
+        _store_tile(dv_desc, v_smem, dv, off_z, off_hk, n0 + WG * WG_N, WG)
 
 
 @gluon.jit
-def _store_key_tile(desc, smem, x, off_z, off_hk, row, index: gl.constexpr):
+def _store_tile(desc, smem, x, off_z, off_hk, row, index: gl.constexpr):
     """A tile ``x`` (dK, dV, or dQ) through the copy engine, staged in buffer ``index`` of ``smem`` (rows past the
     tensor are clipped), from row ``row`` of head ``off_hk``."""
     smem.index(index).reshape(x.shape).store(x)
@@ -1364,9 +1364,9 @@ def _store_keys(desc, smem, x, off_z, off_hk, n0, k_start, N_K, ptr, stride_kh, 
         if n0 + x.shape[0] > N_K:
             _store_rows(ptr + off_hk.to(gl.int64) * stride_kh, x, k_start + n0, N_K - n0, stride_km)
         else:
-            _store_key_tile(desc, smem, x, off_z, off_hk, k_start + n0, 0)
+            _store_tile(desc, smem, x, off_z, off_hk, k_start + n0, 0)
     else:
-        _store_key_tile(desc, smem, x, off_z, off_hk, n0, 0)
+        _store_tile(desc, smem, x, off_z, off_hk, n0, 0)
 
 
 @gluon.jit
@@ -1516,9 +1516,9 @@ def _dq_compute_partition(dq_desc, LSE, DELTA, q_smem, k_smem, v_smem, do_smem, 
         if m_wg + WG_M > N_Q:
             _store_rows(DQ + off_h.to(gl.int64) * stride_qh, dq, q_start + m_wg, N_Q - m_wg, stride_qm)
         else:
-            _store_key_tile(dq_desc, q_smem, dq, off_z, off_h, q_start + m_wg, WG)
+            _store_tile(dq_desc, q_smem, dq, off_z, off_h, q_start + m_wg, WG)
     else:
-        _store_key_tile(dq_desc, q_smem, dq, off_z, off_h, m_wg, WG)
+        _store_tile(dq_desc, q_smem, dq, off_z, off_h, m_wg, WG)
 
 
 @gluon.jit
