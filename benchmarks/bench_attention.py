@@ -127,26 +127,9 @@ def bench_one(provider, q, k, v, mode, warmup, rep, cuda_graphs=False):
 
 
 def _graph_ms(step, rep_ms: float, stream: torch.cuda.Stream | None = None) -> float:
-    """Milliseconds per ``step`` replayed from a CUDA graph: one step captured (after warm-up on a side stream, as
-    capture requires: ``stream``, else a new one), then replays queued back to back and timed in batches; the median
-    batch."""
-    stream = stream or torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    for attempt in range(2):
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=stream):
-                step()
-            break
-        except RuntimeError as err:  # a failed capture is retried once (out of memory is not)
-            torch.cuda.synchronize()
-            _end_failed_capture()
-            if attempt or "out of memory" in str(err):
-                raise
+    """Milliseconds per ``step`` replayed from a CUDA graph: one step captured (``_capture``), then replays queued
+    back to back and timed in batches; the median batch."""
+    graph = _capture(step, stream)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -165,6 +148,29 @@ def _graph_ms(step, rep_ms: float, stream: torch.cuda.Stream | None = None) -> f
         times.append(start.elapsed_time(end) / per_batch)
     del graph
     return sorted(times)[len(times) // 2]
+
+
+def _capture(step, stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
+    """``step`` captured in a CUDA graph, after warm-up on a side stream, as capture requires (``stream``, else a new
+    one)."""
+    stream = stream or torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for attempt in range(2):
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                step()
+            return graph
+        except RuntimeError as err:  # a failed capture is retried once (out of memory is not)
+            torch.cuda.synchronize()
+            _end_failed_capture()
+            if attempt or "out of memory" in str(err):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _end_failed_capture() -> None:
