@@ -289,6 +289,45 @@ def test_persistent_forward_matches_one_tile_a_program(shape, causal, monkeypatc
         assert torch.equal(out, out1) and torch.equal(lse, lse1)
 
 
+SPLIT_TAIL_CASES = [  # d128 without a mask from 2049 keys, more query tiles than the H100's 132 programs
+    (1, 16, 16, 4096, 4096, 128),  # 512 tiles: the last 116 split, 28 key tiles a program
+    (1, 5, 5, 4133, 4133, 128),  # 33 tiles split 4-5 ways, the last key tile part-filled
+    (2, 9, 3, 1100, 4100, 128),  # grouped-query heads, N_Q != N_K
+    (1, 4, 2, 8300, 2100, 128),
+    (1, 7, 7, 2432, 2100, 128),  # 133 tiles: the last one split 17 ways, most programs without a part
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", SPLIT_TAIL_CASES, ids=lambda s: "b{}h{}-{}q{}k{}d{}".format(*s))
+def test_split_tail_forward(shape, dtype, monkeypatch):
+    """The persistent forward that shares the tiles past its last whole round out by keys (``ws_split_tail``):
+    output within 2x PyTorch's own error and LSE within 1e-4 of float64's, equal to one tile a program within the
+    rounding of the parts' sums, and bitwise equal over three runs (the finishing parts add the writers' in a fixed
+    order)."""
+    from fa2dist.ops import attention
+    from fa2dist.ops.kernels import hopper
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the warp-specialised forward runs on sm_90")
+    batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim = shape
+    n_tiles = batch * nheads * -(-seqlen_q // 128)
+    assert hopper.ws_split_tail(head_dim, False, seqlen_k, n_tiles, min(n_tiles, attention._sm_count(torch.device(
+        "cuda")))), "not a split-tail shape on this GPU"
+    q, k, v = make_qkv(batch, nheads, nheads_kv, seqlen_q, seqlen_k, head_dim, dtype, "cuda", "bhsd", 11)
+    runs = [fa2dist.flash_attention(q, k, v, layout="bhsd", return_lse=True) for _ in range(3)]
+    out, lse = runs[0]
+    for again, lse2 in runs[1:]:
+        assert torch.equal(out, again) and torch.equal(lse, lse2)
+    out64, lse64, _ = reference_with_grads(q, k, v, torch.zeros_like(q), False, "bhsd", torch.float64)
+    outlp, _, _ = reference_with_grads(q, k, v, torch.zeros_like(q), False, "bhsd", None)
+    check_against_reference(f"out {shape}", out, out64, outlp, 2, 1e-5)
+    assert max_err(lse, lse64) < 1e-4
+    monkeypatch.setattr(hopper, "WS_SPLIT_TAIL", ())
+    whole, lse_whole = fa2dist.flash_attention(q, k, v, layout="bhsd", return_lse=True)
+    assert max_err(lse, lse_whole) < 1e-5 and max_err(out, whole) <= 2 * max_err(whole, out64)
+
+
 WS_BWD_SHAPES = [
     (2, 4, 4, 1000, 1000, 128),
     (1, 3, 3, 333, 517, 128),

@@ -38,6 +38,7 @@ try:
         ws_output_buffer,
         ws_persistent,
         ws_row_shares,
+        ws_split_tail,
         ws_tiles,
     )
 except ImportError:  # a Triton without Gluon: the Triton kernels run everywhere
@@ -451,12 +452,21 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     persistent = dynamic or (not varlen and ws_persistent(head_dim, causal, span))
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
     counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
+    # Split tail: each program's part of the tiles past the last whole round; its flags (fresh zeros: launches on
+    # other streams keep theirs) and the writers' unnormalised parts.
+    split = (persistent and not dynamic and not _window_args(feats)["HAS_LEFT"]
+             and ws_split_tail(head_dim, causal, span, n_tiles * nheads * batch, grid[0]))
+    partial = lse
+    if split:
+        counter = torch.zeros(grid[0] * block_m // 64, dtype=torch.int32, device=q.device)
+        partial = torch.empty(counter.numel() * 64 * (head_dim + 2), dtype=torch.float32, device=q.device)
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
-        seqlen_q, seqlen_k, **_window_args(feats), **_packed_args(cu_q, cu_k, out, lse, varlen), BLOCK_M=block_m,
-        BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal, INTERLEAVE=ws_interleave(head_dim, span),
-        PERSISTENT=persistent, DYNAMIC=dynamic, O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages),
-        ROW_SHARES=ws_row_shares(head_dim), num_warps=4, **ws_launch_options(block_m, ctas),
+        seqlen_q, seqlen_k, **_window_args(feats), **_packed_args(cu_q, cu_k, out, lse, varlen), PARTIAL=partial,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
+        INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent, DYNAMIC=dynamic,
+        O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages), ROW_SHARES=ws_row_shares(head_dim),
+        SPLIT_TAIL=split, num_warps=4, **ws_launch_options(block_m, ctas),
     )
 
 

@@ -128,6 +128,24 @@ def ws_persistent(head_dim: int, causal: bool, seqlen_k: int) -> bool:
 WS_DYNAMIC = ((64, False, 4096), (64, True, 4096), (128, False, 2048), (128, True, 2048))
 
 
+#: (head dim, causal, shortest seqlen_k): the persistent forwards (``WS_PERSISTENT``, not ``WS_DYNAMIC``) that share
+#: the query tiles past their last whole round out by keys (``attn_fwd_ws_kernel``'s SPLIT_TAIL): 16k tokens at d128
+#: make 2048 query tiles of 128 rows, 15.5 rounds of the H100's 132 programs, so in the last round half the SMs idle.
+#: Timed on an H100 and an H200 (bf16, 16k tokens, 2026-11-27, benchmarks/results/h100-2026-11-27-tail, medians of
+#: per-round ratios against whole tiles): H100, 30 rounds of alternating graph replays, +1.5% at 4k, +2.5% at 8k,
+#: +2.3% at 16k (the same code on both sides read 0.992); H200 +3.5%, +2.4%, +1.7%; an H100 run of 7 noisy rounds
+#: 0.965x, 1.077x, 1.030x. A split whose parts a second launch merged was not faster (h100-2026-11-27-split). Not
+#: on the counter-drawn grids, whose programs finish at spread-out times (that try: 3-11% slower there).
+WS_SPLIT_TAIL = ((128, False, 2049),)
+
+
+def ws_split_tail(head_dim: int, causal: bool, seqlen_k: int, tiles: int, programs: int) -> bool:
+    """Whether this persistent forward of ``tiles`` query tiles on ``programs`` programs splits its tail
+    (``WS_SPLIT_TAIL``): only where the tiles leave a last round part-filled."""
+    return tiles > programs and tiles % programs != 0 and any(
+        head_dim == dim and causal == c and seqlen_k >= shortest for dim, c, shortest in WS_SPLIT_TAIL)
+
+
 def ws_dynamic(head_dim: int, causal: bool, seqlen_k: int) -> bool:
     """Whether this forward runs a persistent grid whose programs draw their tiles from a counter (``WS_DYNAMIC``)."""
     return any(head_dim == dim and causal == c and seqlen_k <= longest for dim, c, longest in WS_DYNAMIC)
@@ -245,7 +263,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
                     first, step, n_mine, n_t, n_h, n_z, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr,
                     BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr,
                     PERSISTENT: gl.constexpr, ids, COUNTER, DYNAMIC: gl.constexpr, HAS_LEFT: gl.constexpr, CU_Q, CU_K,
-                    VARLEN: gl.constexpr):
+                    VARLEN: gl.constexpr, SPLIT_TAIL: gl.constexpr):
     """The forward's loading warp: for each of the program's ``n_mine`` query tiles (``first``, ``first + step``,
     ...), the tile's Q once and its K and V tiles through the ring, whose position carries over from tile to tile.
     DYNAMIC: the program's first tile is ``first``, each next one ``step`` past a draw from ``COUNTER``
@@ -276,6 +294,14 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_fr
             kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                             free_bars, start_m, off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M,
                             BLOCK_N, STAGES, CAUSAL, PERSISTENT, HAS_LEFT)
+        if SPLIT_TAIL:
+            full, n_units, tail, lo, hi = _tail_work(n_t * n_h * n_z, N_K, BLOCK_N)
+            for s in range(_tail_count(lo, hi, n_units)):
+                tile, key_lo, key_hi, writer = _tail_part(s, lo, hi, n_units)
+                start_m, off_z, off_h = _tile_coords(full + tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+                kv = _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
+                                free_bars, start_m, off_z, off_h, n_mine + s, kv, GROUP, N_Q, N_K, LEFT, RIGHT,
+                                BLOCK_M, BLOCK_N, STAGES, CAUSAL, PERSISTENT, HAS_LEFT, 0, 0, key_lo, key_hi, True)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         if VARLEN:
@@ -300,23 +326,30 @@ def _sequence(CU_Q, CU_K, off_z):
 
 
 @gluon.jit
-def _store_rows(ptr, x, row0, n_rows, stride_m):
+def _store_rows(ptr, x, row0, n_rows, stride_m, NARROW: gl.constexpr = False):
     """Rows ``row0`` to ``row0 + n_rows`` (at most x's) of a packed tensor from the register tile ``x``, row by row
     (where the copy engine would write past a sequence's end, over the next one's rows); ``ptr`` points at the head's
-    first element, rows ``stride_m`` apart, the columns contiguous."""
+    first element, rows ``stride_m`` apart, the columns contiguous. NARROW: the offsets inside the tile in 32 bits
+    (the tile's first row's in 64), which cut the d128 dK/dV kernel's spills with a window and packing from 408 to
+    244 bytes and made it 1.20x faster there (benchmarks/results/h100-2026-11-27-tail); in the d256 split-role kernel
+    the same form spilled 1.2 KB, where 64-bit offsets spill none."""
     # Stored from the registers' own (wgmma) layout: a layout conversion would take shared memory, of which the
     # kernels with 3 stages have none left.
     rows = gl.arange(0, x.shape[0], layout=gl.SliceLayout(1, x.type.layout))
     cols = gl.arange(0, x.shape[1], layout=gl.SliceLayout(0, x.type.layout))
-    offs = (row0 + rows).to(gl.int64)[:, None] * stride_m + cols[None, :]
-    gl.store(ptr + offs, x, mask=rows[:, None] < n_rows)
+    if NARROW:
+        ptr += row0.to(gl.int64) * stride_m
+        gl.store(ptr + (rows[:, None] * stride_m + cols[None, :]), x, mask=rows[:, None] < n_rows)
+    else:
+        offs = (row0 + rows).to(gl.int64)[:, None] * stride_m + cols[None, :]
+        gl.store(ptr + offs, x, mask=rows[:, None] < n_rows)
 
 
 @gluon.jit
 def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars, start_m,
                off_z, off_h, j, kv, GROUP, N_Q, N_K, LEFT, RIGHT, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                STAGES: gl.constexpr, CAUSAL: gl.constexpr, PERSISTENT: gl.constexpr, HAS_LEFT: gl.constexpr,
-               q_start=0, k_start=0):
+               q_start=0, k_start=0, key_lo=0, key_hi=0, KEY_RANGE: gl.constexpr = False):
     """Query tile ``start_m`` of head ``off_h`` (the program's ``j``-th): its Q and, from ring position ``kv`` on, its
     K and V tiles (those its rows see: from the first of its first row's window, HAS_LEFT). Persistent, its first
     keys load before its Q, which waits until each warpgroup's output of the tile before has left its Q buffer
@@ -325,8 +358,12 @@ def _load_tile(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k
     K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     off_hk = off_h // GROUP
     m0 = start_m * BLOCK_M
-    lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
-    n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
+    if KEY_RANGE:  # a part of the tile's keys: tiles key_lo to key_hi (_tail_part)
+        lo = key_lo
+        n_tiles = key_hi - key_lo
+    else:
+        lo = _first_key_tile(m0, N_K - N_Q - LEFT, BLOCK_N, HAS_LEFT)
+        n_tiles = gl.maximum(_key_tiles(m0 + BLOCK_M, N_K - N_Q + RIGHT, N_K, BLOCK_N, CAUSAL) - lo, 0)
     if not PERSISTENT:
         _load_q(q_desc, q_smem, q_bars, q_free, j, off_z, off_h, q_start + m0, PERSISTENT)
     for i in range(kv, kv + n_tiles):
@@ -488,8 +525,9 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                        CAUSAL: gl.constexpr, INTERLEAVE: gl.constexpr, PERSISTENT: gl.constexpr, WG: gl.constexpr,
                        ids, DYNAMIC: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
                        ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr, CU_Q, CU_K, O, stride_oh, stride_om,
-                       VARLEN: gl.constexpr):
-    """One warpgroup's rows of each of the program's query tiles."""
+                       VARLEN: gl.constexpr, PARTIAL, FLAGS, SPLIT_TAIL: gl.constexpr):
+    """One warpgroup's rows of each of the program's query tiles (SPLIT_TAIL: then its parts of the tail's,
+    ``_tail_work``)."""
     if DYNAMIC:
         total = n_t * n_h * n_z
         kv = 0  # K/V tiles of the ring used so far
@@ -513,6 +551,16 @@ def _compute_partition(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_ba
                               start_m, off_z, off_h, j, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz, stride_lh,
                               BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF, OVERLAP_PV,
                               ROW_SHARES, HAS_LEFT)
+        if SPLIT_TAIL:
+            full, n_units, tail, lo, hi = _tail_work(n_t * n_h * n_z, N_K, BLOCK_N)
+            for s in range(_tail_count(lo, hi, n_units)):
+                tile, key_lo, key_hi, writer = _tail_part(s, lo, hi, n_units)
+                start_m, off_z, off_h = _tile_coords(full + tile, n_t, n_h, n_z, CAUSAL, INTERLEAVE)
+                kv = _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars, free_bars,
+                                  start_m, off_z, off_h, n_mine + s, kv, N_Q, N_K, LEFT, RIGHT, qk_scale, stride_lz,
+                                  stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PERSISTENT, WG, o_smem, O_BUF,
+                                  OVERLAP_PV, ROW_SHARES, HAS_LEFT, key_lo=key_lo, key_hi=key_hi, writer=writer,
+                                  tile_unit=tile * n_units, tail=tail, PARTIAL=PARTIAL, FLAGS=FLAGS, KEY_RANGE=True)
     else:
         start_m, off_z, off_h = _query_program(CAUSAL, INTERLEAVE)
         if VARLEN:
@@ -537,12 +585,16 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
                  PERSISTENT: gl.constexpr, WG: gl.constexpr, o_smem, O_BUF: gl.constexpr, OVERLAP_PV: gl.constexpr,
                  ROW_SHARES: gl.constexpr, HAS_LEFT: gl.constexpr, q_start=0, k_start=0, O=None, stride_oh=0,
-                 stride_om=0, VARLEN: gl.constexpr = False):
+                 stride_om=0, VARLEN: gl.constexpr = False, key_lo=0, key_hi=0, writer=False, tile_unit=0, tail=0,
+                 PARTIAL=None, FLAGS=None, KEY_RANGE: gl.constexpr = False):
     """Query rows ``WG * WG_M`` to ``(WG + 1) * WG_M`` of query tile ``start_m`` of head ``off_h``, the program's
     ``j``-th tile, whose keys start at position ``kv`` of the ring: from the warpgroup's Q buffer to O and LSE.
     Returns the ring position after the tile's keys. VARLEN: the sequence's rows start at ``q_start`` of the packed
     Q, O and LSE; a warpgroup whose rows cross its end stores them one by one into ``O`` (the head at
-    ``stride_oh``, rows ``stride_om`` apart), not through the copy engine."""
+    ``stride_oh``, rows ``stride_om`` apart), not through the copy engine. KEY_RANGE
+    (SPLIT_TAIL, no mask): key tiles ``key_lo`` to ``key_hi`` only; a ``writer`` leaves its unnormalised output in
+    ``PARTIAL`` for the program that finishes the tile, which adds those of the programs before it
+    (``_merge_partials``: the tile starts at unit ``tile_unit`` of ``tail``)."""
     WG_M: gl.constexpr = 64
     K_FREE: gl.constexpr = free_bars.shape[0] == 2 * STAGES  # (attn_fwd_ws_kernel's K_FREE)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -567,7 +619,13 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
     # skipped below). Tile i sits at ring position base + i. From tile first_masked on, a tile crosses the diagonal
     # (or the end of the keys) for some row of this warpgroup; before tile left_masked, its left bound.
     n_own = _key_tiles(m_wg + WG_M, diag, N_K, BLOCK_N, CAUSAL)
-    if HAS_LEFT:
+    if KEY_RANGE:
+        n_tiles = key_hi - key_lo
+        base = kv - key_lo
+        own_lo = key_lo
+        own_hi = key_hi
+        left_masked = 0
+    elif HAS_LEFT:
         lo = _first_key_tile(m0, diag_left, BLOCK_N, HAS_LEFT)
         hi = _key_tiles(m0 + BLOCK_M, diag, N_K, BLOCK_N, CAUSAL)
         n_tiles = gl.maximum(hi - lo, 0)
@@ -658,8 +716,31 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
 
     if ROW_SHARES:
         l_i = gl.convert_layout(gl.sum(l_i, 1), row_s)
+    if KEY_RANGE:
+        if writer:
+            _put_partial(PARTIAL, FLAGS, acc, m_i, l_i, tile_unit, WG, BLOCK_M // WG_M)
+            if not O_BUF:
+                mbarrier.arrive(q_free.index(WG))  # (as _store_output would)
+        else:
+            acc, m_i, l_i = _merge_partials(PARTIAL, FLAGS, acc, m_i, l_i, tile_unit, tail, WG, BLOCK_M // WG_M)
+            _finish_rows(o_desc, LSE, q_smem, q_free, o_smem, acc, m_i, l_i, off_z, off_h, rows, m_wg, N_Q, stride_lz,
+                         stride_lh, q_start, O, stride_oh, stride_om, WG, O_BUF, PERSISTENT, VARLEN)
+    else:
+        _finish_rows(o_desc, LSE, q_smem, q_free, o_smem, acc, m_i, l_i, off_z, off_h, rows, m_wg, N_Q, stride_lz,
+                     stride_lh, q_start, O, stride_oh, stride_om, WG, O_BUF, PERSISTENT, VARLEN)
+    return kv + n_tiles
+
+
+@gluon.jit
+def _finish_rows(o_desc, LSE, q_smem, q_free, o_smem, acc, m_i, l_i, off_z, off_h, rows, m_wg, N_Q, stride_lz,
+                 stride_lh, q_start, O, stride_oh, stride_om, WG: gl.constexpr, O_BUF: gl.constexpr,
+                 PERSISTENT: gl.constexpr, VARLEN: gl.constexpr):
+    """A warpgroup's rows of a query tile, from the softmax's running max ``m_i`` (scaled log2 units), row sums
+    ``l_i`` and unnormalised output ``acc``: their LSE and, normalised, their output."""
+    WG_M: gl.constexpr = acc.shape[0]
+    dtype: gl.constexpr = q_smem.dtype
     empty = l_i == 0.0
-    acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)[:, None]
+    acc = acc * gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), gl.SliceLayout(1, acc.type.layout))[:, None]
     lse = gl.where(empty, float("inf"), (m_i + gl.log2(l_i)) * LN2)
     gl.store(LSE + (off_z.to(gl.int64) * stride_lz + off_h.to(gl.int64) * stride_lh + q_start) + rows, lse,
              mask=rows < N_Q)
@@ -673,7 +754,108 @@ def _attend_tile(o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_
                           PERSISTENT)
     else:
         _store_output(o_desc, o_smem, q_smem, q_free, acc.to(dtype), off_z, off_h, m_wg, WG, O_BUF, PERSISTENT)
-    return kv + n_tiles
+
+
+@gluon.jit
+def _tail_work(total, N_K, BLOCK_N: gl.constexpr):
+    """SPLIT_TAIL: the query tiles past the grid's last whole round, shared out by keys. Their key tiles (units, in
+    tile order) are cut into one even run per program, so that all programs finish at about the same time, where a
+    last round of whole tiles would leave some idle. A program's run holds at most two parts of tiles: the end of one
+    (a finishing part, ``_merge_partials``) and the start of the next (a writer's part), or one part inside a tile.
+    Returns (tiles in whole rounds, key tiles per query tile, tail units, the program's first and last + 1 unit)."""
+    n_progs = gl.num_programs(0)
+    full = total // n_progs * n_progs
+    n_units = gl.cdiv(N_K, BLOCK_N)
+    tail = (total - full) * n_units
+    p = gl.program_id(0)
+    return full, n_units, tail, p * tail // n_progs, (p + 1) * tail // n_progs
+
+
+@gluon.jit
+def _tail_count(lo, hi, n_units):
+    """How many parts of tail tiles the units ``lo`` to ``hi`` hold (0 to 2, ``_tail_work``)."""
+    end = (lo // n_units + 1) * n_units  # the end of the first unit's tile
+    return ((hi > lo) & (hi != end)).to(gl.int32) + ((hi > lo) & (hi >= end)).to(gl.int32)
+
+
+@gluon.jit
+def _tail_part(s, lo, hi, n_units):
+    """Part ``s`` of the units ``lo`` to ``hi``: (tail tile, its first and last + 1 key tile, writer). A writer's
+    part (a tile's start or middle, which another program finishes) runs first, so that the finishing parts, which
+    wait for the writers, rarely wait."""
+    first = lo // n_units
+    has_writer = (hi > lo) & (hi != (first + 1) * n_units)
+    writer = has_writer & (s == 0)
+    w_tile = (hi - 1) // n_units  # the tile of the run's last unit
+    tile = gl.where(writer, w_tile, first)
+    key_lo = gl.where(writer, gl.maximum(lo, w_tile * n_units), lo) - tile * n_units
+    key_hi = gl.where(writer, hi - w_tile * n_units, n_units)
+    return tile, key_lo, key_hi, writer
+
+
+@gluon.jit
+def _opaque_zero(x):
+    """0 for ``x`` >= 0, in a form the compiler cannot fold: the partial slots' offsets, which do not depend on the
+    tail's loops, are then computed where they are used rather than hoisted in front of the key loop, across which
+    their registers would spill."""
+    return x // (x + 1)
+
+
+@gluon.jit
+def _partial_slot(PARTIAL, program, WG: gl.constexpr, NUM_WG: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Where a writer program's warpgroup leaves its part: 64 x HEAD_DIM fp32 output, then 64 row maxima and 64 row
+    sums."""
+    return PARTIAL + (program * NUM_WG + WG) * (64 * (HEAD_DIM + 2))
+
+
+@gluon.jit
+def _put_partial(PARTIAL, FLAGS, acc, m_i, l_i, tile_unit, WG: gl.constexpr, NUM_WG: gl.constexpr):
+    """A writer's part of a tail tile: its unnormalised output, row maxima and row sums into the program's slot, then
+    the slot's flag set (release: the program finishing the tile reads the slot once it sees the flag)."""
+    WG_M: gl.constexpr = acc.shape[0]
+    HEAD_DIM: gl.constexpr = acc.shape[1]
+    slot = _partial_slot(PARTIAL, gl.program_id(0), WG, NUM_WG, HEAD_DIM)
+    rows = gl.arange(0, WG_M, layout=gl.SliceLayout(1, acc.type.layout)) + _opaque_zero(tile_unit)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc.type.layout))
+    gl.store(slot + rows[:, None] * HEAD_DIM + cols[None, :], acc)
+    rows_s = gl.arange(0, WG_M, layout=m_i.type.layout)
+    gl.store(slot + WG_M * HEAD_DIM + rows_s, m_i)
+    gl.store(slot + WG_M * (HEAD_DIM + 1) + rows_s, l_i)
+    gl.thread_barrier()  # every thread's stores before the flag
+    gl.atomic_xchg(FLAGS + gl.program_id(0) * NUM_WG + WG, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _merge_partials(PARTIAL, FLAGS, acc, m_i, l_i, tile_unit, tail, WG: gl.constexpr, NUM_WG: gl.constexpr):
+    """The finishing part of a tail tile adds the writers' parts (the programs before this one whose runs end inside
+    the tile, which starts at unit ``tile_unit``), nearest first: a fixed order, so the output is the same from run
+    to run. It waits for each writer's flag (the persistent grid's programs all run at once)."""
+    WG_M: gl.constexpr = acc.shape[0]
+    HEAD_DIM: gl.constexpr = acc.shape[1]
+    row_o: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
+    rows = gl.arange(0, WG_M, layout=row_o) + _opaque_zero(tile_unit)
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, acc.type.layout))
+    rows_s = gl.arange(0, WG_M, layout=m_i.type.layout)
+    n_progs = gl.num_programs(0)
+    q = gl.program_id(0) - 1
+    while (q + 1) * tail // n_progs > tile_unit:  # program q's run ends inside the tile
+        if q * tail // n_progs < (q + 1) * tail // n_progs:  # (an empty run writes nothing)
+            flag = FLAGS + q * NUM_WG + WG
+            ready = gl.atomic_add(flag, 0, sem="acquire", scope="gpu")
+            while ready == 0:
+                ready = gl.atomic_add(flag, 0, sem="acquire", scope="gpu")
+            slot = _partial_slot(PARTIAL, q, WG, NUM_WG, HEAD_DIM)
+            part = gl.load(slot + rows[:, None] * HEAD_DIM + cols[None, :], cache_modifier=".cg")
+            m_q = gl.load(slot + WG_M * HEAD_DIM + rows_s, cache_modifier=".cg")
+            l_q = gl.load(slot + WG_M * (HEAD_DIM + 1) + rows_s, cache_modifier=".cg")
+            m_new = gl.maximum(m_i, m_q)
+            a = gl.exp2(m_i - m_new)
+            b = gl.exp2(m_q - m_new)
+            acc = acc * gl.convert_layout(a, row_o)[:, None] + part * gl.convert_layout(b, row_o)[:, None]
+            l_i = l_i * a + l_q * b
+            m_i = m_new
+        q -= 1
+    return acc, m_i, l_i
 
 
 @gluon.jit
@@ -697,12 +879,13 @@ def _store_output(o_desc, o_smem, q_smem, q_free, o, off_z, off_h, row, WG: gl.c
 
 @gluon.jit
 def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, stride_lz, stride_lh, GROUP, N_HEADS,
-                       BATCH, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, O, stride_oh, stride_om,
+                       BATCH, N_Q, N_K, LEFT, RIGHT, CU_Q, CU_K, O, stride_oh, stride_om, PARTIAL,
                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                        STAGES: gl.constexpr, CAUSAL: gl.constexpr, REGS: gl.constexpr, INTERLEAVE: gl.constexpr,
                        PERSISTENT: gl.constexpr = False, DYNAMIC: gl.constexpr = False, O_BUF: gl.constexpr = False,
                        K_FREE: gl.constexpr = False, OVERLAP_PV: gl.constexpr = True,
-                       ROW_SHARES: gl.constexpr = False, HAS_LEFT: gl.constexpr = False, VARLEN: gl.constexpr = False):
+                       ROW_SHARES: gl.constexpr = False, HAS_LEFT: gl.constexpr = False, VARLEN: gl.constexpr = False,
+                       SPLIT_TAIL: gl.constexpr = False):
     """O and LSE (natural log, fp32) of dense attention. Grid: (cdiv(N_Q, BLOCK_M), heads, batch), one query tile a
     program; causal grids run their longest query tiles first (``_tile_coords``). PERSISTENT: grid (programs,), each
     program runs query tiles ``program_id(0)``, ``+ programs``, ... of the same order (N_HEADS heads, BATCH batch
@@ -720,13 +903,21 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
     left at LEFT before it (key j visible to row i iff i + N_K - N_Q - LEFT <= j <= i + N_K - N_Q + RIGHT); only the
     key tiles in a tile's band load. VARLEN (one tile a program, grid (cdiv(longest, BLOCK_M), heads, sequences)):
     sequences packed along the descriptors' sequence axis (batch 1), split by CU_Q and CU_K; N_Q and N_K are unused,
-    LSE is (heads, total rows), and a sequence's last rows are stored through ``O`` (``_store_rows``)."""
+    LSE is (heads, total rows), and a sequence's last rows are stored through ``O`` (``_store_rows``). SPLIT_TAIL
+    (PERSISTENT, not DYNAMIC, no mask): the tiles past the grid's last whole round are shared out by keys
+    (``_tail_work``); COUNTER then holds a flag per program and warpgroup (zeros at launch) and PARTIAL, fp32, a slot
+    per program and warpgroup for the parts that another program finishes (``_put_partial``)."""
     gl.static_assert(not (VARLEN and PERSISTENT), "packed sequences run one tile a program")
+    gl.static_assert(not SPLIT_TAIL or (PERSISTENT and not DYNAMIC and not CAUSAL and not HAS_LEFT),
+                     "the tail is split on the fixed persistent grid, without a mask")
     n_t = gl.cdiv(N_Q, BLOCK_M)
     if PERSISTENT:
         first = gl.program_id(0)
         step = gl.num_programs(0)
-        n_mine = gl.cdiv(gl.maximum(n_t * N_HEADS * BATCH - first, 0), step)
+        if SPLIT_TAIL:  # the whole rounds; the tiles past them are shared out by keys (_tail_work)
+            n_mine = n_t * N_HEADS * BATCH // step
+        else:
+            n_mine = gl.cdiv(gl.maximum(n_t * N_HEADS * BATCH - first, 0), step)
     else:  # unused: each partition takes its tile from the program ids (_query_program)
         first = 0
         step = 1
@@ -769,17 +960,17 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN, SPLIT_TAIL)),
             ],
             [4, 1],
             [REGS, 24],
@@ -792,23 +983,23 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN, SPLIT_TAIL)),
             ],
             [4, 4, 1],
             [REGS, REGS, 24],
@@ -821,29 +1012,29 @@ def attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, LSE, COUNTER, sm_scale, s
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 0, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 1, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 2, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_compute_partition, (o_desc, LSE, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                       free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, N_Q, N_K, LEFT, RIGHT,
                                       qk_scale, stride_lz, stride_lh, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL,
                                       INTERLEAVE, PERSISTENT, 3, ids, DYNAMIC, o_smem, O_BUF, OVERLAP_PV,
                                       ROW_SHARES, HAS_LEFT, CU_Q, CU_K, O,
-                                      stride_oh, stride_om, VARLEN)),
+                                      stride_oh, stride_om, VARLEN, PARTIAL, COUNTER, SPLIT_TAIL)),
                 (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_free, k_bars, v_bars,
                                    free_bars, first, step, n_mine, n_t, N_HEADS, BATCH, GROUP, N_Q, N_K, LEFT,
                                    RIGHT, BLOCK_M, BLOCK_N, STAGES, CAUSAL, INTERLEAVE, PERSISTENT, ids, COUNTER,
-                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN)),
+                                   DYNAMIC, HAS_LEFT, CU_Q, CU_K, VARLEN, SPLIT_TAIL)),
             ],
             [4, 4, 4, 1],
             [REGS, REGS, REGS, 24],
@@ -1148,8 +1339,8 @@ def _bwd_compute_partition(dk_desc, dv_desc, dq_desc, LSE, DELTA, q_smem, k_smem
         if n0 + (WG + 1) * WG_N > N_K:
             k_row = k_start + n0 + WG * WG_N
             n_rows = N_K - n0 - WG * WG_N
-            _store_rows(DK + off_hk.to(gl.int64) * stride_kh, dk, k_row, n_rows, stride_km)
-            _store_rows(DV + off_hk.to(gl.int64) * stride_kh, dv, k_row, n_rows, stride_km)
+            _store_rows(DK + off_hk.to(gl.int64) * stride_kh, dk, k_row, n_rows, stride_km, True)
+            _store_rows(DV + off_hk.to(gl.int64) * stride_kh, dv, k_row, n_rows, stride_km, True)
         else:
             _store_tile(dk_desc, k_smem, dk, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
             _store_tile(dv_desc, v_smem, dv, off_z, off_hk, k_start + n0 + WG * WG_N, WG)
