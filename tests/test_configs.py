@@ -657,6 +657,7 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
         ws_output_buffer,
         ws_persistent,
         ws_row_shares,
+        ws_split_tail,
         ws_tiles,
     )
 
@@ -698,6 +699,12 @@ def test_warp_specialized_forward_only_where_it_applies(monkeypatch):
     assert ws_dynamic(64, False, 4096) and not ws_dynamic(64, False, 4097)
     assert ws_dynamic(128, False, 2048) and ws_dynamic(128, True, 1024) and not ws_dynamic(128, True, 2049)
     assert not (ws_dynamic(256, False, 1024) or ws_dynamic(256, True, 1024))
+    # The fixed persistent grid (d128 without a mask, from 2049 keys) shares out by keys the tiles past its last whole
+    # round, where there are some: 16k tokens at d128 make 2048 tiles, 15 rounds of 132 programs and 68 tiles.
+    assert ws_split_tail(128, False, 4096, 2048, 132) and ws_split_tail(128, False, 2049, 133, 132)
+    assert not (ws_split_tail(128, False, 4096, 2112, 132) or ws_split_tail(128, False, 4096, 100, 132))
+    assert not (ws_split_tail(128, False, 2048, 2048, 132) or ws_split_tail(128, True, 4096, 2048, 132))
+    assert not (ws_split_tail(64, False, 16384, 2731, 132) or ws_split_tail(256, False, 16384, 2048, 132))
     # The dK/dV kernels: d64, d128 and d256.
     assert ws_bwd_tiles(128, False) == ws_bwd_tiles(128, True) == ws_bwd_tiles(64, False) == (64, 128, 2)
     assert ws_bwd_tiles(64, True) == (64, 128, 2) and ws_bwd_tiles(96, True) is None

@@ -454,8 +454,10 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
     # Split tail: each program's part of the tiles past the last whole round; its flags (fresh zeros: launches on
     # other streams keep theirs) and the writers' unnormalised parts.
+    # (The kernel counts the tail's key tiles times the programs in 32 bits.)
     split = (persistent and not dynamic and not _window_args(feats)["HAS_LEFT"]
-             and ws_split_tail(head_dim, causal, span, n_tiles * nheads * batch, grid[0]))
+             and ws_split_tail(head_dim, causal, span, n_tiles * nheads * batch, grid[0])
+             and grid[0] ** 2 * _cdiv(seqlen_k, block_n) < 2**31)
     partial = lse
     if split:
         counter = torch.zeros(grid[0] * block_m // 64, dtype=torch.int32, device=q.device)
