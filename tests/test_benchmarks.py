@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -59,3 +60,24 @@ def test_rounds_interleave_providers_and_keep_medians(bench, monkeypatch):
     assert a["fwd_ms"] == 2.0 and b["fwd_ms"] == 5.0 and a["peak_mem_mb"] == 1.0
     assert a["fwd_tflops"] == bench.flops(2, 4, 128, 64, False, "fwd") / 2.0 * 1e-9
     assert bad["error"] == "RuntimeError: shape refused" and "fwd_ms" not in bad
+
+
+def test_ab_helpers_ratio_and_package_copy(tmp_path, monkeypatch):
+    """The A/B helpers' per-round ratio (above 1: the first step is faster; the median over rounds, so one slow round
+    does not move it) and their import of a package copy, which names a path without the copy."""
+    spec = importlib.util.spec_from_file_location("ab", os.path.join(ROOT, "benchmarks", "ab.py"))
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    times = {"new": [1.0, 2.0, 1.0, 9.0], "old": [2.0, 2.0, 3.0, 1.0]}
+    assert ab.median_ratio(times, "new", "old") == pytest.approx(1.5)  # ratios 2, 1, 3, 1/9
+    assert ab.median_ratio(times, "old", "new") == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no package 'fa2dist_old'"):
+        ab.import_copy(str(tmp_path))
+    package = tmp_path / "fa2dist_old"
+    package.mkdir()
+    (package / "__init__.py").write_text("VERSION = 'copy'\n")
+    monkeypatch.setattr(sys, "path", sys.path[:])  # the copy's folder leaves the path again
+    try:
+        assert ab.import_copy(str(tmp_path)).VERSION == "copy"
+    finally:
+        sys.modules.pop("fa2dist_old", None)
