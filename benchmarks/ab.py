@@ -44,15 +44,15 @@ def warm_up(seconds: float = 10.0) -> None:
     torch.cuda.synchronize()
 
 
-def time_ms(step: Callable[[], object], rep_ms: float = 100.0, graphs: bool = True) -> tuple[float, bool]:
-    """Milliseconds per ``step`` from CUDA-graph replays, and whether it was captured (else, or without ``graphs``,
-    timed eagerly: the median of ``triton.testing.do_bench``)."""
+def time_ms(step: Callable[[], object], rep_ms: float = 100.0, graphs: bool = True) -> float:
+    """Milliseconds per ``step`` from CUDA-graph replays (where it cannot be captured, or without ``graphs``, timed
+    eagerly: the median of ``triton.testing.do_bench``)."""
     if graphs:
         try:
-            return _graph_ms(step, rep_ms), True
+            return _graph_ms(step, rep_ms)
         except RuntimeError:
             pass
-    return triton.testing.do_bench(step, warmup=25, rep=rep_ms, return_mode="median"), False
+    return triton.testing.do_bench(step, warmup=25, rep=rep_ms, return_mode="median")
 
 
 def interleaved(steps: dict[str, Callable[[], object]], rounds: int, rep_ms: float = 100.0,
@@ -63,7 +63,7 @@ def interleaved(steps: dict[str, Callable[[], object]], rounds: int, rep_ms: flo
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(time_ms(steps[name], rep_ms, graphs)[0])
+            times[name].append(time_ms(steps[name], rep_ms, graphs))
             # Each capture's pool is freed: cached, it would be kept for that graph alone.
             gc.collect()
             torch.cuda.empty_cache()

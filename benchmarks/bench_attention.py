@@ -170,7 +170,6 @@ def _capture(step, stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGr
             _end_failed_capture()
             if attempt or "out of memory" in str(err):
                 raise
-    raise AssertionError("unreachable")
 
 
 def _end_failed_capture() -> None:

@@ -452,10 +452,11 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
     persistent = dynamic or (not varlen and ws_persistent(head_dim, causal, span))
     grid = (min(n_tiles * nheads * batch, _sm_count(q.device) * ctas),) if persistent else (n_tiles, nheads, batch)
     counter = _tile_counter(q.device) if dynamic else lse  # (unread where not dynamic)
+    window = _window_args(feats)
     # Split tail: each program's part of the tiles past the last whole round; its flags (fresh zeros: launches on
     # other streams keep theirs) and the writers' unnormalised parts.
     # (The kernel counts the tail's key tiles times the programs in 32 bits.)
-    split = (persistent and not dynamic and not _window_args(feats)["HAS_LEFT"]
+    split = (persistent and not dynamic and not window["HAS_LEFT"]
              and ws_split_tail(head_dim, causal, span, n_tiles * nheads * batch, grid[0])
              and grid[0] ** 2 * _cdiv(seqlen_k, block_n) < 2**31)
     partial = lse
@@ -464,7 +465,7 @@ def _attn_fwd_ws(q, k, v, out, lse, feats, layout, batch, nheads, nheads_kv, seq
         partial = torch.empty(counter.numel() * 64 * (head_dim + 2), dtype=torch.float32, device=q.device)
     attn_fwd_ws_kernel[grid](
         *descs, lse, counter, feats.softmax_scale, *_lse_strides(lse, layout), nheads // nheads_kv, nheads, batch,
-        seqlen_q, seqlen_k, **_window_args(feats), **_packed_args(cu_q, cu_k, out, lse, varlen), PARTIAL=partial,
+        seqlen_q, seqlen_k, **window, **_packed_args(cu_q, cu_k, out, lse, varlen), PARTIAL=partial,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, STAGES=stages, CAUSAL=causal,
         INTERLEAVE=ws_interleave(head_dim, span), PERSISTENT=persistent, DYNAMIC=dynamic,
         O_BUF=ws_output_buffer(head_dim, span), K_FREE=ws_k_free(stages), ROW_SHARES=ws_row_shares(head_dim),
@@ -619,15 +620,16 @@ def attn_bwd(
     )
     tma = config.tma and _tma_ready(layout, q, k, v, do)
     varlen = layout == "thd"
+    causal = _banded(feats)
     ws = (
-        config.tma and config.warp_specialize and ws_bwd_tiles(head_dim, _banded(feats)) is not None
+        config.tma and config.warp_specialize and ws_bwd_tiles(head_dim, causal) is not None
         and _hopper_kernels_apply(q, feats) and _tma_ready(layout, q, k, v, do, dk, dv, packed=True)
         and (not varlen or dk.stride() == dv.stride())
     )
     if ws:
         # The sequence-parallel mode, where that pays: dQ too, added by the copy engine into an fp32 buffer (not for
         # packed sequences: the copy engine's adds would reach past a sequence's end).
-        fused = not deterministic and not varlen and ws_fused_dq(head_dim, _banded(feats), _key_span(feats, seqlen_k))
+        fused = not deterministic and not varlen and ws_fused_dq(head_dim, causal, _key_span(feats, seqlen_k))
         permuted = fused and ws_dq_permuted(head_dim)
         rows = _cdiv(seqlen_q, 8) * 8 if permuted else seqlen_q
         dq_acc = q.new_zeros((batch, nheads, rows, head_dim), dtype=torch.float32) if fused else None
